@@ -1,0 +1,1 @@
+"""Settings, logging and (later) Celery settings; imports nothing of the project."""

@@ -1,0 +1,97 @@
+"""structlog set up once, by entry points: console in development, JSON elsewhere, no personal data."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+# Keys whose values are personal data wherever they appear in an event dict.
+PERSONAL_KEYS = frozenset(
+    {
+        "name",
+        "full_name",
+        "first_name",
+        "last_name",
+        "date_of_birth",
+        "dob",
+        "birth_date",
+        "phone",
+        "phone_number",
+        "email",
+        "e_mail",
+        "document_number",
+        "passport_number",
+        "passport",
+        "address",
+        "nationality",
+        "notes",
+        "members",
+    }
+)
+REDACTED = "[redacted]"
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ()-]{7,}\d(?![\w-])")
+_DATE = re.compile(r"\b(19|20)\d\d-[01]\d-[0-3]\d\b")  # ISO dates: dates of birth look like this
+_DOCUMENT = re.compile(r"\b[A-Z]{1,2}\d{6,9}\b")
+
+
+def scrub_text(text: str) -> str:
+    for pattern in (_EMAIL, _PHONE, _DATE, _DOCUMENT):
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        return {k: REDACTED if k in PERSONAL_KEYS else _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def redact_personal_data(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Last line of defence: code must not log personal data, and this removes what slips through."""
+    for key, value in list(event_dict.items()):
+        if key in ("timestamp", "level", "logger") or key.endswith("_id"):
+            continue  # identifiers are opaque and never personal
+        event_dict[key] = REDACTED if key in PERSONAL_KEYS else _scrub(value)
+    return event_dict
+
+
+def configure_logging(*, json: bool, level: str = "INFO") -> None:
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        redact_personal_data,
+    ]
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    # Third-party stdlib log records pass through the same redaction.
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=shared,
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # transitions logs every callback at INFO; alembic narrates each migration step.
+    for noisy in ("transitions", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

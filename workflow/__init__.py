@@ -1,0 +1,1 @@
+"""avrr-workflow: the case lifecycle engine of an AVRR programme."""

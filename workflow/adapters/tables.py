@@ -1,0 +1,259 @@
+"""The database schema as SQLAlchemy Core tables; Alembic migrations are generated from it."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a bigint identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+Id = String(36)
+Stamp = DateTime(timezone=True)
+
+offices = Table(
+    "offices",
+    metadata,
+    Column("code", String(32), primary_key=True),
+    Column("name", String(120), nullable=False),
+    Column("country", String(2), nullable=False),
+    Column("webhook_url", String(500)),
+)
+
+cases = Table(
+    "cases",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("state", String(40), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("lifecycle_version", String(16), nullable=False),
+    Column("origin_office", ForeignKey("offices.code"), nullable=False),
+    Column("destination_office", ForeignKey("offices.code"), nullable=False),
+    Column("owner_office", ForeignKey("offices.code"), nullable=False),
+    Column("language", String(5), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("created_at", Stamp, nullable=False),
+    Column("updated_at", Stamp, nullable=False),
+    Column("state_entered_at", Stamp, nullable=False),
+    Column("nationality", String(2)),
+    Column("expulsion_order", Boolean),
+    Column("consent_signed_on", Date),
+    Column("travel_document", String(16)),
+    Column("asylum_status", String(16)),
+    Column("return_chosen_while_pending", Boolean),
+    Column("document_kind", String(24)),
+    Column("departure_on", Date),
+    Column("route", String(64)),
+    Column("carrier", String(64)),
+    Column("arrived_on", Date),
+    Column("last_contact_on", Date),
+    Column("last_visit_on", Date),
+    Column("outcome", String(32)),
+    CheckConstraint("version >= 1", name="version_positive"),
+    Index(None, "owner_office", "state"),
+    Index(None, "state", "state_entered_at"),
+    Index(None, "destination_office", "state"),
+    Index(None, "updated_at"),
+)
+
+household_members = Table(
+    "household_members",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
+    Column("position", Integer, nullable=False),
+    Column("full_name", String(200), nullable=False),
+    Column("date_of_birth", Date, nullable=False),
+    Column("relationship", String(16), nullable=False),
+    Column("phone", String(40)),
+    Column("email", String(254)),
+)
+
+case_history = Table(
+    "case_history",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("case_id", ForeignKey("cases.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("trigger", String(48), nullable=False),
+    Column("from_state", String(40)),
+    Column("to_state", String(40), nullable=False),
+    Column("actor_id", String(120), nullable=False),
+    Column("actor_office", String(32)),
+    Column("reason", Text),
+    Column("payload", Json, nullable=False),
+    Column("request_id", String(64)),
+    Column("lifecycle_version", String(16), nullable=False),
+    Column("occurred_at", Stamp, nullable=False),
+    UniqueConstraint("case_id", "version"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("event_id", Id, nullable=False, unique=True),
+    Column("case_id", Id, nullable=False, index=True),
+    Column("case_version", Integer, nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("payload", Json, nullable=False),
+    Column("occurred_at", Stamp, nullable=False),
+    Column("sent_at", Stamp),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    # The relay's query: unsent rows in commit order.
+    Index(
+        "ix_outbox_unsent",
+        "id",
+        postgresql_where=text("sent_at IS NULL"),
+        sqlite_where=text("sent_at IS NULL"),
+    ),
+)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("actor_id", String(120), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("case_id", Id, nullable=False),
+    Column("response", Json, nullable=False),
+    Column("created_at", Stamp, nullable=False),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("case_id", ForeignKey("cases.id"), nullable=False, unique=True),
+    Column("currency", String(3), nullable=False),
+    Column("drafted_by", String(120), nullable=False),
+    Column("drafted_at", Stamp, nullable=False),
+    Column("approved_by", String(120)),
+    Column("approved_at", Stamp),
+)
+
+budget_lines = Table(
+    "budget_lines",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("plan_id", ForeignKey("plans.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("case_id", Id, nullable=False),
+    Column("member_id", ForeignKey("household_members.id"), nullable=False),
+    Column("category", String(24), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("allocated_minor", BigInteger, nullable=False),
+    Column("disbursed_minor", BigInteger, nullable=False, server_default=text("0")),
+    Column("purpose", String(200), nullable=False, server_default=""),
+    # The database, not Python, makes overspending impossible: a concurrent
+    # increment that would pass the allocation fails this check.
+    CheckConstraint("disbursed_minor <= allocated_minor", name="within_allocation"),
+    CheckConstraint("disbursed_minor >= 0", name="disbursed_not_negative"),
+    CheckConstraint("allocated_minor > 0", name="allocated_positive"),
+    UniqueConstraint("plan_id", "member_id", "category"),
+)
+
+disbursements = Table(
+    "disbursements",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
+    Column("budget_line_id", ForeignKey("budget_lines.id"), nullable=False, index=True),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("vendor", String(200), nullable=False),
+    Column("receipt_ref", String(120), nullable=False),
+    Column("disbursed_by", String(120), nullable=False),
+    Column("disbursed_at", Stamp, nullable=False),
+    CheckConstraint("amount_minor > 0", name="amount_positive"),
+    CheckConstraint("kind IN ('in_kind', 'cash')", name="kind_known"),
+)
+
+contributions = Table(
+    "contributions",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("purpose", String(200), nullable=False),
+    Column("recorded_by", String(120), nullable=False),
+    Column("recorded_at", Stamp, nullable=False),
+    CheckConstraint("amount_minor > 0", name="amount_positive"),
+)
+
+monitoring_visits = Table(
+    "monitoring_visits",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
+    Column("visited_on", Date, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("plan_on_track", Boolean, nullable=False),
+    Column("notes", Text),
+    Column("recorded_by", String(120), nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
+    Column("kind", String(48), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("office", String(32), nullable=False),
+    Column("due_on", Date),
+    Column("source_event_id", Id),
+    Column("created_at", Stamp, nullable=False),
+    Column("completed_at", Stamp),
+    UniqueConstraint("source_event_id", "kind"),
+    Index(None, "office", "status", "due_on"),
+)
+
+timers = Table(
+    "timers",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
+    Column("name", String(48), nullable=False),
+    Column("state", String(40), nullable=False),
+    Column("due_at", Stamp, nullable=False),
+    Column("fires_trigger", String(48), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", Stamp, nullable=False),
+    Column("fired_at", Stamp),
+    # Beat's query: pending timers by due time.
+    Index(
+        "ix_timers_due",
+        "due_at",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
+)

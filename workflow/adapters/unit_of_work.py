@@ -1,0 +1,57 @@
+"""The SQLAlchemy unit of work: one connection, one transaction, every store on it."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy import Connection, Engine, Transaction
+
+from workflow.adapters.repository import SqlCaseRepository
+from workflow.adapters.stores import SqlHistoryLog, SqlIdempotencyStore, SqlOutbox
+from workflow.service_layer.ports import CaseRepository, HistoryLog, IdempotencyStore, Outbox
+
+
+class SqlUnitOfWork:
+    cases: CaseRepository
+    history: HistoryLog
+    outbox: Outbox
+    idempotency: IdempotencyStore
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Connection | None = None
+        self._tx: Transaction | None = None
+
+    def __enter__(self) -> Self:
+        self._conn = self._engine.connect()
+        self._tx = self._conn.begin()
+        self.cases = SqlCaseRepository(self._conn)
+        self.history = SqlHistoryLog(self._conn)
+        self.outbox = SqlOutbox(self._conn)
+        self.idempotency = SqlIdempotencyStore(self._conn)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if self._tx is not None and self._tx.is_active:
+                self._tx.rollback()  # anything not committed is undone, errors or not
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self._tx = None
+
+    @property
+    def connection(self) -> Connection:
+        assert self._conn is not None, "unit of work not entered"
+        return self._conn
+
+    def commit(self) -> None:
+        assert self._tx is not None
+        self._tx.commit()
+
+    def rollback(self) -> None:
+        if self._tx is not None:
+            self._tx.rollback()

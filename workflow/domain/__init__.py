@@ -1,0 +1,1 @@
+"""The case aggregate and its lifecycle; imports only the standard library."""

@@ -1,0 +1,67 @@
+"""What a transition changed besides the case row, for the repository to persist."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from workflow.domain.plan import Disbursement, Plan
+from workflow.domain.records import Contribution, HouseholdMember, MonitoringVisit, Timer
+
+
+@dataclass(frozen=True, slots=True)
+class MembersAdded:
+    members: tuple[HouseholdMember, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanDrafted:
+    """Replaces any earlier, unapproved draft of the case's plan."""
+
+    plan: Plan
+
+
+@dataclass(frozen=True, slots=True)
+class PlanApproved:
+    plan_id: str
+    approved_by: str
+    approved_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Disbursed:
+    """Persisted as a guarded increment of the budget line; the database refuses overspending."""
+
+    disbursement: Disbursement
+
+
+@dataclass(frozen=True, slots=True)
+class ContributionRecorded:
+    contribution: Contribution
+
+
+@dataclass(frozen=True, slots=True)
+class VisitRecorded:
+    visit: MonitoringVisit
+
+
+@dataclass(frozen=True, slots=True)
+class TimerStarted:
+    timer: Timer
+
+
+@dataclass(frozen=True, slots=True)
+class TimersCancelled:
+    state: str
+
+
+Change = (
+    MembersAdded
+    | PlanDrafted
+    | PlanApproved
+    | Disbursed
+    | ContributionRecorded
+    | VisitRecorded
+    | TimerStarted
+    | TimersCancelled
+)

@@ -1,0 +1,142 @@
+"""Binds a Lifecycle to one shared `transitions` Machine and fires triggers on cases.
+
+The Machine is built once per lifecycle version with ``model=None``. A fire
+runs it on a short-lived ``_Firing`` object, so nothing is ever attached to
+the case (viewflow's rule: only a transition moves the state).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from transitions import EventData, Machine
+
+from workflow.domain.actors import Actor, Role
+from workflow.domain.case import Case
+from workflow.domain.changes import Change, TimersCancelled, TimerStarted
+from workflow.domain.errors import (
+    GuardFailed,
+    PermissionDenied,
+    TransitionNotAllowed,
+    UnknownTrigger,
+)
+from workflow.domain.events import Event
+from workflow.domain.lifecycle import DESTINATION, LIFECYCLES, Lifecycle, Transition
+from workflow.domain.programme import FireContext
+from workflow.domain.records import Timer
+
+
+class _Firing:
+    """The model the shared Machine moves; lives for one fire only."""
+
+    __slots__ = ("case", "ctx", "effect", "fsm_state", "payload")
+
+    def __init__(self, case: Case, payload: Any, ctx: FireContext, effect: str | None) -> None:
+        self.fsm_state = case.state
+        self.case, self.payload, self.ctx, self.effect = case, payload, ctx, effect
+
+
+def _apply_effect(event: EventData) -> None:
+    firing = event.model
+    assert isinstance(firing, _Firing)
+    if firing.effect:
+        getattr(firing.case, firing.effect)(firing.payload, firing.ctx)
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """What one fire did, for the unit of work to persist."""
+
+    transition: Transition
+    from_state: str
+    to_state: str
+    events: tuple[Event, ...]
+    payload: Any
+
+
+class LifecycleMachine:
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+        self._machine = Machine(
+            model=None,
+            states=[lifecycle.initial, *lifecycle.by_state],
+            initial=lifecycle.initial,
+            auto_transitions=False,
+            send_event=True,
+            model_attribute="fsm_state",
+        )
+        for t in lifecycle.transitions:
+            self._machine.add_transition(t.trigger, list(t.sources), t.dest, before=_apply_effect)
+
+    def transition(self, trigger: str) -> Transition:
+        try:
+            return self.lifecycle.by_trigger[trigger]
+        except KeyError:
+            raise UnknownTrigger(trigger, list(self.lifecycle.by_trigger)) from None
+
+    def check(self, case: Case, trigger: str, payload: Any, ctx: FireContext) -> Transition:
+        """Every refusal a fire can meet, in the order a caller should learn of them."""
+        t = self.transition(trigger)
+        if case.state not in t.sources:
+            raise TransitionNotAllowed(trigger, case.state, self.lifecycle.allowed_triggers(case.state))
+        if not may_fire(t, case, ctx.actor, payload):
+            raise PermissionDenied(f"{ctx.actor.id} may not {trigger} on this case")
+        reasons = [reason for guard in t.guards for reason in guard(case, payload, ctx)]
+        if reasons:
+            raise GuardFailed(trigger, reasons)
+        return t
+
+    def fire(self, case: Case, trigger: str, payload: Any, ctx: FireContext) -> Fired:
+        t = self.check(case, trigger, payload, ctx)
+        source = case.state
+        firing = _Firing(case, payload, ctx, t.effect)
+        self._machine.events[trigger].trigger(firing)
+        case._enter(firing.fsm_state, ctx.now)
+        self._rearm_timers(case, t, source, ctx)
+        data = {"trigger": trigger, "from_state": source, "to_state": case.state}
+        events = tuple(
+            Event(str(uuid.uuid4()), name, case.id, case.version, ctx.now, data) for name in t.events
+        )
+        return Fired(t, source, case.state, events, payload)
+
+    def triggers_for(self, case: Case, actor: Actor) -> tuple[str, ...]:
+        """The triggers this actor could fire now (guards aside)."""
+        return tuple(
+            trigger
+            for trigger in self.lifecycle.allowed_triggers(case.state)
+            if may_fire(self.lifecycle.by_trigger[trigger], case, actor, None)
+        )
+
+    def _rearm_timers(self, case: Case, t: Transition, source: str, ctx: FireContext) -> None:
+        if source == case.state and not t.restart_timers:
+            return
+        changes: list[Change] = []
+        if source in self.lifecycle.by_state and self.lifecycle.by_state[source].deadlines:
+            changes.append(TimersCancelled(source))
+        for d in self.lifecycle.by_state[case.state].deadlines:
+            due_at = ctx.now + getattr(ctx.programme, d.period)
+            changes.append(
+                TimerStarted(Timer(str(uuid.uuid4()), d.name, case.state, due_at, d.fires, ctx.now))
+            )
+        case.changes.extend(changes)
+
+
+def may_fire(t: Transition, case: Case, actor: Actor, payload: Any) -> bool:
+    """Role named by the lifecycle, from an office on the side the transition belongs to."""
+    if not actor.roles & t.roles:
+        return False
+    if Role.SYSTEM in actor.roles and Role.SYSTEM in t.roles:
+        return True
+    if case.is_new:  # registration: the office is the one the case is being opened in
+        return payload is None or getattr(payload, "origin_office", None) == actor.office
+    offices = {case.destination_office if side == DESTINATION else case.origin_office for side in t.sides}
+    return actor.office in offices
+
+
+@cache
+def machine_for(version: str) -> LifecycleMachine:
+    """One Machine per lifecycle version, shared by every case and request."""
+    return LifecycleMachine(LIFECYCLES[version])

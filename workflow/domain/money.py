@@ -1,0 +1,46 @@
+"""Money: a Decimal amount with an ISO 4217 currency, never a float."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+# Minor-unit exponents of the currencies the programme pays in. Storage keeps
+# integer minor units, so sums and database CHECKs are exact on every backend.
+CURRENCY_EXPONENTS: dict[str, int] = {
+    "EUR": 2,
+    "UAH": 2,
+    "USD": 2,
+    "GBP": 2,
+    "GEL": 2,
+    "MDL": 2,
+    "AZN": 2,
+    "AMD": 2,
+    "KZT": 2,
+    "JPY": 0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    amount: Decimal
+    currency: str
+
+    def __post_init__(self) -> None:
+        if self.currency not in CURRENCY_EXPONENTS:
+            raise ValueError(f"unsupported currency {self.currency!r}")
+        if not isinstance(self.amount, Decimal) or not self.amount.is_finite():
+            raise ValueError("amount must be a finite Decimal")
+        exponent = CURRENCY_EXPONENTS[self.currency]
+        if self.amount != self.amount.quantize(Decimal(1).scaleb(-exponent)):
+            raise ValueError(f"{self.currency} amounts have at most {exponent} decimal places")
+
+    @classmethod
+    def from_minor(cls, minor: int, currency: str) -> Money:
+        return cls(Decimal(minor).scaleb(-CURRENCY_EXPONENTS[currency]), currency)
+
+    def to_minor(self) -> int:
+        return int(self.amount.scaleb(CURRENCY_EXPONENTS[self.currency]))
+
+    def __str__(self) -> str:
+        return f"{self.amount:.{CURRENCY_EXPONENTS[self.currency]}f} {self.currency}"

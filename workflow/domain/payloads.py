@@ -1,0 +1,206 @@
+"""Payload shapes of the triggers, as plain dataclasses validated at the service edge.
+
+Fields marked ``personal`` never reach history, events or logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any, Literal
+
+from workflow.domain.money import Money
+
+# Unknown keys are refused: state, amounts and offices change only through
+# the fields a trigger names. Read by pydantic's TypeAdapter in the service
+# layer; a plain dict here keeps the domain free of third-party imports.
+_STRICT: dict[str, Any] = {"extra": "forbid", "str_strip_whitespace": True}
+
+
+def personal() -> Any:
+    return field(metadata={"personal": True})
+
+
+def personal_or_none() -> Any:
+    return field(default=None, metadata={"personal": True})
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _require_money(amount: Decimal, currency: str) -> None:
+    Money(amount, currency)  # raises ValueError on an unknown currency or too many decimals
+
+
+Relationship = Literal["principal", "spouse", "partner", "child", "parent", "sibling", "other"]
+Channel = Literal["walk_in", "phone", "referral", "email"]
+Language = Literal["en", "et", "uk", "ru"]
+Category = Literal["business", "education", "housing", "medical", "vocational_training", "other"]
+
+
+@dataclass(frozen=True)
+class NoPayload:
+    __pydantic_config__ = _STRICT
+
+
+@dataclass(frozen=True)
+class Reason:
+    __pydantic_config__ = _STRICT
+    reason: str
+
+    def __post_init__(self) -> None:
+        _require(bool(self.reason), "a reason is required")
+
+
+@dataclass(frozen=True)
+class MemberIn:
+    __pydantic_config__ = _STRICT
+    full_name: str = personal()
+    date_of_birth: date = personal()  # noqa: RUF009
+    relationship: Relationship = "other"
+    phone: str | None = personal_or_none()
+    email: str | None = personal_or_none()
+
+    def __post_init__(self) -> None:
+        _require(bool(self.full_name), "full_name must not be empty")
+        _require(self.date_of_birth <= date.today(), "date_of_birth is in the future")
+
+
+@dataclass(frozen=True)
+class RegisterInquiry:
+    __pydantic_config__ = _STRICT
+    origin_office: str
+    destination_office: str
+    members: list[MemberIn]
+    language: Language = "en"
+    channel: Channel = "walk_in"
+
+    def __post_init__(self) -> None:
+        principals = [m for m in self.members if m.relationship == "principal"]
+        _require(len(principals) == 1, "exactly one member must be the principal applicant")
+        _require(self.origin_office != self.destination_office, "origin and destination must differ")
+
+
+@dataclass(frozen=True)
+class RecordEligibility:
+    __pydantic_config__ = _STRICT
+    nationality: str = personal()
+    expulsion_order: bool = False
+    consent_signed_on: date | None = None
+    travel_document: Literal["present", "requested", "missing"] = "missing"
+    asylum_status: Literal["none", "pending", "withdrawn", "closed"] = "none"
+    return_chosen_while_pending: bool = False
+
+    def __post_init__(self) -> None:
+        _require(len(self.nationality) == 2 and self.nationality.isalpha(), "nationality is ISO alpha-2")
+
+
+@dataclass(frozen=True)
+class RecordTravelDocuments:
+    __pydantic_config__ = _STRICT
+    document_kind: Literal["passport", "travel_certificate", "laissez_passer"]
+
+
+@dataclass(frozen=True)
+class BookTravel:
+    __pydantic_config__ = _STRICT
+    departure_on: date
+    route: str  # airport codes, e.g. TLL-WAW-KRK
+    carrier: str
+
+
+@dataclass(frozen=True)
+class ConfirmArrival:
+    __pydantic_config__ = _STRICT
+    arrived_on: date
+
+
+@dataclass(frozen=True)
+class BudgetLineIn:
+    __pydantic_config__ = _STRICT
+    member_id: str
+    category: Category
+    amount: Decimal
+    purpose: str = ""
+
+    def __post_init__(self) -> None:
+        _require(self.amount > 0, "a budget amount must be positive")
+
+
+@dataclass(frozen=True)
+class DraftPlan:
+    __pydantic_config__ = _STRICT
+    currency: str
+    lines: list[BudgetLineIn]
+
+    def __post_init__(self) -> None:
+        _require(bool(self.lines), "a plan needs at least one budget line")
+        for line in self.lines:
+            _require_money(line.amount, self.currency)
+        keys = [(line.member_id, line.category) for line in self.lines]
+        _require(len(keys) == len(set(keys)), "one budget line per member and category")
+
+
+@dataclass(frozen=True)
+class Disburse:
+    __pydantic_config__ = _STRICT
+    budget_line_id: str
+    amount: Decimal
+    currency: str
+    vendor: str
+    receipt_ref: str
+    kind: Literal["in_kind", "cash"] = "in_kind"
+
+    def __post_init__(self) -> None:
+        _require(self.amount > 0, "a disbursement must be positive")
+        _require_money(self.amount, self.currency)
+
+
+@dataclass(frozen=True)
+class RecordContribution:
+    __pydantic_config__ = _STRICT
+    amount: Decimal
+    currency: str
+    purpose: str
+
+    def __post_init__(self) -> None:
+        _require(self.amount > 0, "a contribution must be positive")
+        _require_money(self.amount, self.currency)
+
+
+@dataclass(frozen=True)
+class RecordMonitoringVisit:
+    __pydantic_config__ = _STRICT
+    visited_on: date
+    kind: Literal["home_visit", "office_visit", "phone"]
+    plan_on_track: bool
+    notes: str | None = personal_or_none()
+
+
+@dataclass(frozen=True)
+class Close:
+    __pydantic_config__ = _STRICT
+    outcome: Literal["reintegrated", "partially_reintegrated", "not_reintegrated", "lost_contact"]
+    reason: str = ""
+
+
+def public_view(payload: object) -> dict[str, Any]:
+    """The payload as JSON-ready data without its personal fields, for history and events."""
+    return {
+        f.name: _public_value(getattr(payload, f.name))
+        for f in fields(payload)  # type: ignore[arg-type]
+        if not f.metadata.get("personal")
+    }
+
+
+def _public_value(value: object) -> object:
+    if is_dataclass(value):
+        return public_view(value)
+    if isinstance(value, list):
+        return [_public_value(v) for v in value]
+    if isinstance(value, Decimal | date):
+        return str(value)
+    return value

@@ -1,0 +1,88 @@
+"""The ports the service layer needs; adapters implement them, tests pass fakes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from workflow.domain.case import Case
+from workflow.domain.events import Event
+
+
+class DuplicateIdempotencyKey(Exception):
+    """Raised by the store when a concurrent request committed the same key first."""
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    case_id: str
+    version: int
+    trigger: str
+    from_state: str | None
+    to_state: str
+    actor_id: str
+    actor_office: str | None
+    reason: str | None
+    payload: dict[str, Any]
+    request_id: str | None
+    lifecycle_version: str
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    request_hash: str
+    response: dict[str, Any]
+
+
+class CaseRepository(Protocol):
+    def get(self, case_id: str) -> Case | None: ...
+    def load_parts(self, case: Case, parts: Iterable[str]) -> None: ...
+    def office_exists(self, code: str) -> bool: ...
+    def add(self, case: Case, now: datetime) -> None: ...
+    def update(self, case: Case, now: datetime) -> None:
+        """Write the case at ``case.version`` if the stored row is still at ``case.version - 1``."""
+        ...
+
+
+class HistoryLog(Protocol):
+    def append(self, entry: HistoryEntry) -> None: ...
+    def for_case(self, case_id: str) -> Sequence[HistoryEntry]: ...
+
+
+class Outbox(Protocol):
+    def add(self, events: Sequence[Event]) -> None: ...
+
+
+class IdempotencyStore(Protocol):
+    def get(self, key: str) -> StoredResponse | None: ...
+    def add(
+        self,
+        key: str,
+        actor_id: str,
+        request_hash: str,
+        case_id: str,
+        response: dict[str, Any],
+        now: datetime,
+    ) -> None: ...
+
+
+class UnitOfWork(Protocol):
+    cases: CaseRepository
+    history: HistoryLog
+    outbox: Outbox
+    idempotency: IdempotencyStore
+
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...

@@ -1,0 +1,201 @@
+"""The transition service: the one path by which any case is created or moved."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import structlog
+
+from workflow.domain.actors import Actor
+from workflow.domain.case import Case
+from workflow.domain.errors import (
+    IdempotencyKeyReused,
+    InvalidPayload,
+    TransitionNotAllowed,
+    UnknownCase,
+    VersionConflict,
+)
+from workflow.domain.lifecycle import LIFECYCLE
+from workflow.domain.machine import Fired, machine_for
+from workflow.domain.payloads import public_view
+from workflow.domain.programme import FireContext, Programme
+from workflow.service_layer.payloads import parse_payload
+from workflow.service_layer.ports import Clock, DuplicateIdempotencyKey, HistoryEntry, UnitOfWork
+
+log = structlog.get_logger(__name__)
+
+REGISTER = "register_inquiry"
+
+
+@dataclass(frozen=True, slots=True)
+class FireResult:
+    case_id: str
+    trigger: str
+    from_state: str | None
+    to_state: str
+    version: int
+    event_ids: tuple[str, ...]
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("replayed")
+        data["event_ids"] = list(self.event_ids)
+        return data
+
+    @classmethod
+    def replay(cls, data: Mapping[str, Any]) -> FireResult:
+        return cls(**{**data, "event_ids": tuple(data["event_ids"]), "replayed": True})
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    case_id: str | None
+    trigger: str
+    actor: Actor
+    payload: Mapping[str, Any] | None
+    expected_version: int | None
+    idempotency_key: str | None
+    request_id: str | None
+
+    def digest(self) -> str:
+        body = {
+            "case_id": self.case_id,
+            "trigger": self.trigger,
+            "actor": self.actor.id,
+            "payload": self.payload,
+            "expected_version": self.expected_version,
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class TransitionService:
+    def __init__(self, uow: Callable[[], UnitOfWork], programme: Programme, clock: Clock) -> None:
+        self._uow, self._programme, self._clock = uow, programme, clock
+
+    def fire(
+        self,
+        case_id: str,
+        trigger: str,
+        actor: Actor,
+        payload: Mapping[str, Any] | None = None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> FireResult:
+        request = _Request(case_id, trigger, actor, payload, expected_version, idempotency_key, request_id)
+        return self._run(request)
+
+    def create_case(
+        self,
+        actor: Actor,
+        payload: Mapping[str, Any],
+        idempotency_key: str | None = None,
+        request_id: str | None = None,
+    ) -> FireResult:
+        request = _Request(None, REGISTER, actor, payload, None, idempotency_key, request_id)
+        return self._run(request)
+
+    def _run(self, request: _Request) -> FireResult:
+        digest = request.digest() if request.idempotency_key else ""
+        try:
+            return self._run_once(request, digest)
+        except DuplicateIdempotencyKey:
+            # A concurrent request with the same key committed first: answer as it did.
+            with self._uow() as uow:
+                return _replay(uow, request.idempotency_key or "", digest)  # type: ignore[return-value]
+
+    def _run_once(self, request: _Request, digest: str) -> FireResult:
+        with self._uow() as uow:
+            key = request.idempotency_key
+            if key and (prior := _replay(uow, key, digest)):
+                return prior
+            case = self._load(uow, request)
+            now = self._clock.now()
+            fired = self._apply(uow, case, request, FireContext(request.actor, now, self._programme))
+            (uow.cases.add if fired.from_state == LIFECYCLE.initial else uow.cases.update)(case, now)
+            uow.history.append(_history_entry(case, fired, request, now))
+            uow.outbox.add(fired.events)
+            result = FireResult(
+                case.id,
+                request.trigger,
+                _real(fired.from_state),
+                fired.to_state,
+                case.version,
+                tuple(e.event_id for e in fired.events),
+            )
+            if key:
+                uow.idempotency.add(key, request.actor.id, digest, case.id, result.to_json(), now)
+            uow.commit()
+        log.info(
+            "case.transitioned",
+            case_id=case.id,
+            trigger=request.trigger,
+            from_state=result.from_state,
+            to_state=result.to_state,
+            version=result.version,
+        )
+        return result
+
+    def _load(self, uow: UnitOfWork, request: _Request) -> Case:
+        if request.case_id is None:
+            return Case.new(LIFECYCLE.version)
+        case = uow.cases.get(request.case_id)
+        if case is None:
+            raise UnknownCase(request.case_id)
+        if request.expected_version is not None and request.expected_version != case.version:
+            raise VersionConflict(case.id, request.expected_version, case.version)
+        return case
+
+    def _apply(self, uow: UnitOfWork, case: Case, request: _Request, ctx: FireContext) -> Fired:
+        machine = machine_for(case.lifecycle_version)
+        transition = machine.transition(request.trigger)
+        if case.state not in transition.sources:
+            allowed = machine.lifecycle.allowed_triggers(case.state)
+            raise TransitionNotAllowed(request.trigger, case.state, allowed)
+        payload = parse_payload(transition.payload, request.payload)
+        if case.is_new:
+            for office in (payload.origin_office, payload.destination_office):
+                if not uow.cases.office_exists(office):
+                    raise InvalidPayload(f"unknown office {office!r}")
+        uow.cases.load_parts(case, transition.needs)
+        return machine.fire(case, request.trigger, payload, ctx)
+
+
+def _replay(uow: UnitOfWork, key: str, digest: str) -> FireResult | None:
+    prior = uow.idempotency.get(key)
+    if prior is None:
+        return None
+    if prior.request_hash != digest:
+        raise IdempotencyKeyReused(key)
+    return FireResult.replay(prior.response)
+
+
+def _real(state: str) -> str | None:
+    return None if state == LIFECYCLE.initial else state
+
+
+def _history_entry(case: Case, fired: Fired, request: _Request, now: Any) -> HistoryEntry:
+    return HistoryEntry(
+        case_id=case.id,
+        version=case.version,
+        trigger=request.trigger,
+        from_state=_real(fired.from_state),
+        to_state=fired.to_state,
+        actor_id=request.actor.id,
+        actor_office=request.actor.office,
+        reason=_reason(request.payload),
+        payload=public_view(fired.payload),
+        request_id=request.request_id,
+        lifecycle_version=case.lifecycle_version,
+        occurred_at=now,
+    )
+
+
+def _reason(payload: Mapping[str, Any] | None) -> str | None:
+    reason = (payload or {}).get("reason")
+    return str(reason) if reason else None
