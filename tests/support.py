@@ -1,0 +1,64 @@
+"""Shared test helpers: a fixed clock, table snapshots, and walking a case to a given state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from workflow.adapters import tables as tb
+from workflow.bootstrap import App
+from workflow.demo import HOUSEHOLD, STEPS, TLL_CASEWORKER
+from workflow.service_layer.transitions import FireResult
+
+
+class FixedClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.current = start or datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, **delta: float) -> None:
+        self.current += timedelta(**delta)
+
+
+def snapshot_tables(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in a stable order: equal snapshots mean nothing changed."""
+    with engine.connect() as conn:
+        return {
+            table.name: sorted(
+                (tuple(row) for row in conn.execute(select(table))), key=lambda r: tuple(map(str, r))
+            )
+            for table in tb.metadata.sorted_tables
+        }
+
+
+REGISTRATION = {
+    "origin_office": "tallinn",
+    "destination_office": "kyiv",
+    "language": "uk",
+    "channel": "walk_in",
+    "members": HOUSEHOLD,
+}
+
+
+def register(app: App, **overrides: Any) -> FireResult:
+    return app.transitions.create_case(TLL_CASEWORKER, {**REGISTRATION, **overrides})
+
+
+def advance_to(app: App, state: str, case_id: str | None = None) -> str:
+    """Registers a case (unless given) and walks the seed story until the case is in ``state``."""
+    case_id = case_id or register(app).case_id
+    for step in STEPS:
+        if app.views.case(case_id)["state"] == state:
+            return case_id
+        view = app.views.case(case_id)
+        payload = step.payload(view) if callable(step.payload) else step.payload
+        app.transitions.fire(case_id, step.trigger, step.actor, payload)
+    if app.views.case(case_id)["state"] != state:
+        raise AssertionError(f"the seed story never reaches {state}")
+    return case_id
