@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 from workflow.domain.lifecycle import Lifecycle
 
 _START = "[*]"
@@ -33,11 +35,26 @@ def table_rows(lifecycle: Lifecycle) -> list[dict[str, str]]:
     ]
 
 
+_WRAP = {"from": 28, "roles": 20, "guards": 38, "events": 24}
+
+
 def table(lifecycle: Lifecycle) -> str:
-    rows = table_rows(lifecycle)
+    """Fixed-width columns; long lists wrap inside their cell so the table fits a terminal."""
+    rows = [
+        {
+            h: textwrap.wrap(v, _WRAP[h], break_on_hyphens=False, break_long_words=False) or [""]
+            if h in _WRAP
+            else [v]
+            for h, v in row.items()
+        }
+        for row in table_rows(lifecycle)
+    ]
     headers = list(rows[0])
-    widths = {h: max(len(h), *(len(r[h]) for r in rows)) for h in headers}
-    out = ["  ".join(h.upper().ljust(widths[h]) for h in headers)]
+    widths = {h: max(len(h), *(len(line) for r in rows for line in r[h])) for h in headers}
+    out = ["  ".join(h.upper().ljust(widths[h]) for h in headers).rstrip()]
     out.append("  ".join("-" * widths[h] for h in headers))
-    out += ["  ".join(r[h].ljust(widths[h]) for h in headers) for r in rows]
+    for row in rows:
+        for i in range(max(len(cell) for cell in row.values())):
+            cells = (row[h][i] if i < len(row[h]) else "" for h in headers)
+            out.append("  ".join(c.ljust(widths[h]) for c, h in zip(cells, headers, strict=True)).rstrip())
     return "\n".join(out) + "\n"

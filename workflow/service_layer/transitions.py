@@ -104,10 +104,15 @@ class TransitionService:
         digest = request.digest() if request.idempotency_key else ""
         try:
             return self._run_once(request, digest)
-        except DuplicateIdempotencyKey:
-            # A concurrent request with the same key committed first: answer as it did.
+        except (DuplicateIdempotencyKey, VersionConflict):
+            # A concurrent request with the same key may have committed first: answer as it did.
+            if not request.idempotency_key:
+                raise
             with self._uow() as uow:
-                return _replay(uow, request.idempotency_key or "", digest)  # type: ignore[return-value]
+                prior = _replay(uow, request.idempotency_key, digest)
+            if prior is None:
+                raise
+            return prior
 
     def _run_once(self, request: _Request, digest: str) -> FireResult:
         with self._uow() as uow:

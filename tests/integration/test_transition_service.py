@@ -1,0 +1,257 @@
+"""The transition service on SQLite and PostgreSQL: what a fire writes, and what a refusal leaves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
+
+from tests.support import REGISTRATION, advance_to, register, snapshot_tables
+from workflow.adapters import tables as tb
+from workflow.bootstrap import App
+from workflow.demo import (
+    HOUSEHOLD,
+    KBP_CASEWORKER,
+    KBP_FINANCE,
+    TLL_APPROVER,
+    TLL_CASEWORKER,
+    TLL_TRAVEL,
+)
+from workflow.domain.actors import Actor, Role
+from workflow.domain.errors import (
+    DomainError,
+    GuardFailed,
+    IdempotencyKeyReused,
+    InvalidPayload,
+    PermissionDenied,
+    TransitionNotAllowed,
+    UnknownCase,
+    UnknownTrigger,
+    VersionConflict,
+)
+from workflow.domain.lifecycle import LIFECYCLE
+
+ELIGIBLE = {
+    "nationality": "UA",
+    "consent_signed_on": "2026-11-01",
+    "travel_document": "present",
+    "asylum_status": "withdrawn",
+}
+
+
+def _rows(app: App, table: Any, case_id: str) -> list[Any]:
+    with app.db.connect() as conn:
+        return list(conn.execute(select(table).where(table.c.case_id == case_id)).mappings())
+
+
+def test_create_case_writes_the_case_its_first_history_row_and_its_event(app: App) -> None:
+    result = register(app)
+
+    case = app.views.case(result.case_id)
+    history = _rows(app, tb.case_history, result.case_id)
+    outbox = _rows(app, tb.outbox, result.case_id)
+    assert (case["state"], case["version"], case["owner_office"]) == ("inquiry", 1, "tallinn")
+    assert case["lifecycle_version"] == LIFECYCLE.version
+    assert [m["relationship"] for m in case["members"]] == ["principal", "spouse", "child", "child"]
+    assert [(h["version"], h["from_state"], h["to_state"]) for h in history] == [(1, None, "inquiry")]
+    assert [(o["event_type"], o["case_version"], o["sent_at"]) for o in outbox] == [
+        ("InquiryRegistered", 1, None)
+    ]
+    assert result.event_ids == (outbox[0]["event_id"],)
+
+
+def test_history_and_events_hold_no_personal_data(app: App) -> None:
+    case_id = advance_to(app, "return_approved")
+
+    stored = str(_rows(app, tb.case_history, case_id)) + str(_rows(app, tb.outbox, case_id))
+    for member in HOUSEHOLD:
+        for field in ("full_name", "date_of_birth", "phone", "email"):
+            if member.get(field):
+                assert member[field] not in stored
+    assert "'UA'" not in stored  # nationality is kept on the case, not in history
+
+
+def test_each_fire_appends_one_history_row_and_its_events(app: App) -> None:
+    case_id = advance_to(app, "travel_booked")
+
+    history = _rows(app, tb.case_history, case_id)
+    outbox = _rows(app, tb.outbox, case_id)
+    assert [h["version"] for h in history] == list(range(1, len(history) + 1))
+    for h in history:
+        expected = LIFECYCLE.by_trigger[h["trigger"]].events
+        assert tuple(o["event_type"] for o in outbox if o["case_version"] == h["version"]) == expected
+    assert history[-1]["to_state"] == app.views.case(case_id)["state"]
+
+
+def _refusals(app: App) -> list[tuple[str, dict[str, Any], type[DomainError]]]:
+    return [
+        ("unknown case", {"case_id": "no-such-case", "trigger": "submit_application"}, UnknownCase),
+        ("unknown trigger", {"trigger": "teleport"}, UnknownTrigger),
+        ("not from this state", {"trigger": "confirm_departure"}, TransitionNotAllowed),
+        ("guard failed", {"trigger": "submit_application"}, GuardFailed),
+        ("wrong role", {"trigger": "record_eligibility", "actor": TLL_APPROVER}, PermissionDenied),
+        (
+            "other office",
+            {"trigger": "record_eligibility", "actor": Actor.of("riga-cw", "riga", Role.CASEWORKER)},
+            PermissionDenied,
+        ),
+        ("stale version", {"trigger": "record_eligibility", "expected_version": 0}, VersionConflict),
+        ("junk payload", {"trigger": "record_eligibility", "payload": {"nationality": 7}}, InvalidPayload),
+        ("unknown field", {"trigger": "withdraw", "payload": {"reason": "x", "state": "closed"}}, InvalidPayload),
+    ]
+
+
+@pytest.mark.parametrize("index", range(9), ids=lambda i: str(i))
+def test_a_refused_fire_raises_its_own_error_and_changes_no_row(app: App, index: int) -> None:
+    case_id = register(app).case_id
+    name, call, error = _refusals(app)[index]
+    kwargs = {
+        "case_id": case_id,
+        "actor": TLL_CASEWORKER,
+        "payload": ELIGIBLE if call["trigger"] == "record_eligibility" else None,
+    } | call
+    before = snapshot_tables(app.db)
+
+    with pytest.raises(error) as raised:
+        app.transitions.fire(**kwargs)
+
+    assert snapshot_tables(app.db) == before, name
+    assert raised.value.code == error.code
+
+
+def test_transition_not_allowed_names_the_triggers_that_are(app: App) -> None:
+    case_id = register(app).case_id
+    with pytest.raises(TransitionNotAllowed) as raised:
+        app.transitions.fire(case_id, "book_travel", TLL_TRAVEL, {})
+    assert set(raised.value.allowed) == set(LIFECYCLE.allowed_triggers("inquiry"))
+
+
+def test_guard_failure_reports_every_reason(app: App) -> None:
+    case_id = register(app).case_id
+    app.transitions.fire(
+        case_id,
+        "record_eligibility",
+        TLL_CASEWORKER,
+        {"nationality": "DE", "expulsion_order": True, "consent_signed_on": "2026-11-01"},
+    )
+    app.transitions.fire(case_id, "submit_application", TLL_CASEWORKER)
+    with pytest.raises(GuardFailed) as raised:
+        app.transitions.fire(case_id, "approve_return", TLL_APPROVER)
+    reasons = " | ".join(raised.value.reasons)
+    assert len(raised.value.reasons) == 3
+    assert "EU/EEA" in reasons and "expulsion order" in reasons and "document" in reasons
+
+
+def test_registration_in_an_unknown_office_is_invalid(app: App) -> None:
+    before = snapshot_tables(app.db)
+    with pytest.raises(InvalidPayload, match="unknown office"):
+        app.transitions.create_case(
+            Actor.of("x", "tallinn", Role.CASEWORKER), {**REGISTRATION, "destination_office": "mars"}
+        )
+    assert snapshot_tables(app.db) == before
+
+
+def test_registration_by_another_office_is_denied(app: App) -> None:
+    with pytest.raises(PermissionDenied):
+        app.transitions.create_case(KBP_CASEWORKER, REGISTRATION)
+
+
+def test_repeated_idempotency_key_returns_the_first_result_and_fires_once(app: App) -> None:
+    case_id = register(app).case_id
+    first = app.transitions.fire(
+        case_id, "record_eligibility", TLL_CASEWORKER, ELIGIBLE, idempotency_key="k-1"
+    )
+    before = snapshot_tables(app.db)
+
+    again = app.transitions.fire(
+        case_id, "record_eligibility", TLL_CASEWORKER, ELIGIBLE, idempotency_key="k-1"
+    )
+
+    assert again.replayed and not first.replayed
+    assert again.to_json() == first.to_json()
+    assert snapshot_tables(app.db) == before
+
+
+def test_idempotency_key_reused_for_another_request_is_refused(app: App) -> None:
+    case_id = register(app).case_id
+    app.transitions.fire(case_id, "record_eligibility", TLL_CASEWORKER, ELIGIBLE, idempotency_key="k-2")
+    before = snapshot_tables(app.db)
+    with pytest.raises(IdempotencyKeyReused):
+        app.transitions.fire(
+            case_id,
+            "record_eligibility",
+            TLL_CASEWORKER,
+            {**ELIGIBLE, "nationality": "MD"},
+            idempotency_key="k-2",
+        )
+    assert snapshot_tables(app.db) == before
+
+
+def test_idempotent_case_creation_creates_one_case(app: App) -> None:
+    first = app.transitions.create_case(TLL_CASEWORKER, REGISTRATION, idempotency_key="new-1")
+    second = app.transitions.create_case(TLL_CASEWORKER, REGISTRATION, idempotency_key="new-1")
+    with app.db.connect() as conn:
+        assert conn.scalar(select(tb.cases.c.id).where(tb.cases.c.id != first.case_id)) is None
+    assert second.case_id == first.case_id and second.replayed
+
+
+@pytest.mark.parametrize("statement", ["UPDATE case_history SET trigger = 'x'", "DELETE FROM case_history"])
+def test_the_database_refuses_to_rewrite_history(app: App, statement: str) -> None:
+    register(app)
+    with pytest.raises(DBAPIError, match="append-only"), app.db.begin() as conn:
+        conn.execute(text(statement))
+    with app.db.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM case_history")) == 1
+
+
+def test_approver_of_a_plan_cannot_disburse_against_it(app: App) -> None:
+    case_id = advance_to(app, "plan_approved")
+    approver_with_finance_role = Actor(
+        TLL_APPROVER.id, "kyiv", frozenset({Role.APPROVER, Role.FINANCE_OFFICER})
+    )
+    line = app.views.case(case_id)["plan"]["lines"][0]
+    payload = {"budget_line_id": line["id"], "amount": "10.00", "currency": "EUR", "vendor": "v", "receipt_ref": "r"}
+
+    with pytest.raises(GuardFailed, match="four eyes"):
+        app.transitions.fire(case_id, "disburse", approver_with_finance_role, payload)
+    app.transitions.fire(case_id, "disburse", KBP_FINANCE, payload)  # another person may
+
+
+def test_a_disbursement_beyond_the_budget_line_is_refused(app: App) -> None:
+    case_id = advance_to(app, "plan_approved")
+    line = app.views.case(case_id)["plan"]["lines"][2]  # 700.00 EUR
+    payload = {"budget_line_id": line["id"], "currency": "EUR", "vendor": "v", "receipt_ref": "r"}
+    app.transitions.fire(case_id, "disburse", KBP_FINANCE, payload | {"amount": "650.00"})
+    before = snapshot_tables(app.db)
+
+    with pytest.raises(GuardFailed, match="exceeds"):
+        app.transitions.fire(case_id, "disburse", KBP_FINANCE, payload | {"amount": "50.01"})
+
+    assert snapshot_tables(app.db) == before
+    assert app.views.case(case_id)["plan"]["lines"][2]["remaining"] == "50.00 EUR"
+
+
+def test_cash_is_refused_while_the_programme_keeps_it_off(app: App) -> None:
+    case_id = advance_to(app, "plan_approved")
+    line = app.views.case(case_id)["plan"]["lines"][0]
+    payload = {"budget_line_id": line["id"], "amount": "10.00", "currency": "EUR", "vendor": "v", "receipt_ref": "r"}
+    with pytest.raises(GuardFailed, match="cash"):
+        app.transitions.fire(case_id, "disburse", KBP_FINANCE, payload | {"kind": "cash"})
+
+
+def test_moving_on_cancels_the_deadlines_of_the_state_left(app: App) -> None:
+    case_id = advance_to(app, "handover_pending")
+    assert [t["name"] for t in app.views.case(case_id)["timers"]] == ["handover_acknowledgement"]
+
+    app.transitions.fire(case_id, "accept_handover", KBP_CASEWORKER)
+
+    assert [t["name"] for t in app.views.case(case_id)["timers"]] == ["returnee_contact"]
+    statuses = {t["name"]: t["status"] for t in _rows(app, tb.timers, case_id)}
+    assert statuses == {"handover_acknowledgement": "cancelled", "returnee_contact": "pending"}
+
+
+def test_accepting_the_handover_makes_the_destination_the_owner(app: App) -> None:
+    case_id = advance_to(app, "handed_over")
+    assert app.views.case(case_id)["owner_office"] == "kyiv"
