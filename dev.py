@@ -22,11 +22,11 @@ STAMP = VENV / ".installed-from"
 
 def _sh(*args: str | Path, check: bool = True) -> int:
     print("+", " ".join(str(a) for a in args), flush=True)
-    return subprocess.run([str(a) for a in args], cwd=ROOT, check=check).returncode
+    return subprocess.run([str(a) for a in args], cwd=ROOT, check=check).returncode  # noqa: S603
 
 
 def setup() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py may be started by an older python3
         sys.exit(f"Python 3.11 or newer is needed, this is {sys.version.split()[0]}")
     if not (BIN / "python").exists():
         venv.EnvBuilder(with_pip=True).create(VENV)

@@ -10,6 +10,7 @@ from typing import Annotated, Any, NoReturn
 
 import structlog
 import typer
+from pydantic import ValidationError
 
 from config.logging import configure_logging
 from config.settings import get_settings
@@ -38,7 +39,12 @@ PayloadOpt = Annotated[str, typer.Option("--payload", help="JSON object, or @fil
 
 @app.callback()
 def _main() -> None:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False, include_input=False):
+            typer.echo(f"error: settings: {error['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
     configure_logging(json=settings.json_logs, level=settings.log_level)
     structlog.contextvars.bind_contextvars(request_id=f"cli-{uuid.uuid4()}")
 

@@ -50,7 +50,7 @@ def test_the_seed_family_goes_from_inquiry_to_closure(app: App) -> None:
 
 def _cli(*args: str, db: Path) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"AVRR_DATABASE_URL": f"sqlite:///{db}", "AVRR_ENVIRONMENT": "development"}
-    return subprocess.run([*AVRR, *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([*AVRR, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
 def test_avrr_demo_prints_every_step_and_the_closed_case(tmp_path: Path) -> None:
@@ -89,7 +89,9 @@ def test_avrr_lifecycle_prints_the_diagram_and_the_table(tmp_path: Path) -> None
     table = _cli("lifecycle", "table", db=tmp_path / "x.sqlite3")
 
     assert diagram.stdout.startswith("stateDiagram-v2")
-    assert diagram.stdout.count("-->") == len(list(LIFECYCLE.edges())) + sum(s.final for s in LIFECYCLE.states)
+    assert diagram.stdout.count("-->") == len(list(LIFECYCLE.edges())) + sum(
+        s.final for s in LIFECYCLE.states
+    )
     assert all(t.trigger in table.stdout for t in LIFECYCLE.transitions)
 
 

@@ -125,7 +125,10 @@ def test_the_database_refuses_an_overspend_that_python_checks_would_miss(pg_app:
     assert outcomes[0] == "ok"
     assert isinstance(outcomes[1], BudgetExceeded)
     with pg_app.db.connect() as conn:
-        assert conn.scalar(select(tb.budget_lines.c.disbursed_minor).where(tb.budget_lines.c.id == line_id)) == 40000
+        assert (
+            conn.scalar(select(tb.budget_lines.c.disbursed_minor).where(tb.budget_lines.c.id == line_id))
+            == 40000
+        )
         assert conn.scalar(select(func.count()).select_from(tb.disbursements)) == 1
 
 

@@ -99,7 +99,11 @@ def _refusals(app: App) -> list[tuple[str, dict[str, Any], type[DomainError]]]:
         ),
         ("stale version", {"trigger": "record_eligibility", "expected_version": 0}, VersionConflict),
         ("junk payload", {"trigger": "record_eligibility", "payload": {"nationality": 7}}, InvalidPayload),
-        ("unknown field", {"trigger": "withdraw", "payload": {"reason": "x", "state": "closed"}}, InvalidPayload),
+        (
+            "unknown field",
+            {"trigger": "withdraw", "payload": {"reason": "x", "state": "closed"}},
+            InvalidPayload,
+        ),
     ]
 
 
@@ -212,7 +216,13 @@ def test_approver_of_a_plan_cannot_disburse_against_it(app: App) -> None:
         TLL_APPROVER.id, "kyiv", frozenset({Role.APPROVER, Role.FINANCE_OFFICER})
     )
     line = app.views.case(case_id)["plan"]["lines"][0]
-    payload = {"budget_line_id": line["id"], "amount": "10.00", "currency": "EUR", "vendor": "v", "receipt_ref": "r"}
+    payload = {
+        "budget_line_id": line["id"],
+        "amount": "10.00",
+        "currency": "EUR",
+        "vendor": "v",
+        "receipt_ref": "r",
+    }
 
     with pytest.raises(GuardFailed, match="four eyes"):
         app.transitions.fire(case_id, "disburse", approver_with_finance_role, payload)
@@ -236,7 +246,13 @@ def test_a_disbursement_beyond_the_budget_line_is_refused(app: App) -> None:
 def test_cash_is_refused_while_the_programme_keeps_it_off(app: App) -> None:
     case_id = advance_to(app, "plan_approved")
     line = app.views.case(case_id)["plan"]["lines"][0]
-    payload = {"budget_line_id": line["id"], "amount": "10.00", "currency": "EUR", "vendor": "v", "receipt_ref": "r"}
+    payload = {
+        "budget_line_id": line["id"],
+        "amount": "10.00",
+        "currency": "EUR",
+        "vendor": "v",
+        "receipt_ref": "r",
+    }
     with pytest.raises(GuardFailed, match="cash"):
         app.transitions.fire(case_id, "disburse", KBP_FINANCE, payload | {"kind": "cash"})
 

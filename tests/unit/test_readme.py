@@ -1,0 +1,16 @@
+"""The README's copy of the lifecycle diagram is the generated one, not a hand-kept restatement."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workflow.domain.diagram import mermaid
+from workflow.domain.lifecycle import LIFECYCLE
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_diagram_is_the_generated_diagram() -> None:
+    text = README.read_text()
+    block = text.split("```mermaid\n", 1)[1].split("```", 1)[0]
+    assert block == mermaid(LIFECYCLE)
