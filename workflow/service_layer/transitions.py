@@ -13,6 +13,7 @@ import structlog
 from workflow.domain.actors import Actor
 from workflow.domain.case import Case
 from workflow.domain.errors import (
+    DomainError,
     IdempotencyKeyReused,
     InvalidPayload,
     TransitionNotAllowed,
@@ -101,6 +102,14 @@ class TransitionService:
         return self._run(request)
 
     def _run(self, request: _Request) -> FireResult:
+        with structlog.contextvars.bound_contextvars(case_id=request.case_id, trigger=request.trigger):
+            try:
+                return self._run_deduplicated(request)
+            except DomainError as error:
+                log.info("case.fire_refused", error=error.code, actor_id=request.actor.id)
+                raise
+
+    def _run_deduplicated(self, request: _Request) -> FireResult:
         digest = request.digest() if request.idempotency_key else ""
         try:
             return self._run_once(request, digest)
