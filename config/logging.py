@@ -6,6 +6,11 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
+from dataclasses import asdict, is_dataclass
+from datetime import date
+from decimal import Decimal
+from enum import Enum
+from uuid import UUID
 from typing import Any
 
 import structlog
@@ -46,22 +51,37 @@ def scrub_text(text: str) -> str:
     return text
 
 
+_SAFE_KEYS = frozenset({"timestamp", "level", "logger", "id"})
+_PLAIN = (Decimal, date, UUID, Enum)
+
+
+def _scrub_item(key: str, value: Any) -> Any:
+    if key in _SAFE_KEYS or key.endswith("_id"):
+        return value  # identifiers are opaque and never personal
+    return REDACTED if key in PERSONAL_KEYS else _scrub(value)
+
+
 def _scrub(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float):
+        return value
     if isinstance(value, str):
         return scrub_text(value)
+    if isinstance(value, _PLAIN):
+        return scrub_text(str(value))
     if isinstance(value, dict):
-        return {k: REDACTED if k in PERSONAL_KEYS else _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+        return {k: _scrub_item(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
         return [_scrub(v) for v in value]
-    return value
+    if is_dataclass(value) and not isinstance(value, type):
+        return _scrub(asdict(value))
+    # Any other object would be rendered by its repr(), which may carry personal fields.
+    return f"<{type(value).__name__}>"
 
 
 def redact_personal_data(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Last line of defence: code must not log personal data, and this removes what slips through."""
     for key, value in list(event_dict.items()):
-        if key in ("timestamp", "level", "logger") or key.endswith("_id"):
-            continue  # identifiers are opaque and never personal
-        event_dict[key] = REDACTED if key in PERSONAL_KEYS else _scrub(value)
+        event_dict[key] = _scrub_item(key, value)
     return event_dict
 
 

@@ -275,7 +275,7 @@ TRANSITIONS = (
         sides=(DESTINATION,),
         payload=p.Reason,
     ),
-    _t("escalate_missed_contact", "handed_over", "contact_overdue", [SYSTEM], "ReturneeContactOverdue"),
+    _t("escalate_missed_contact", "handed_over", "contact_overdue", [SYSTEM], "ReturneeContactEscalated"),
     _t(
         "record_returnee_contact",
         ("handed_over", "contact_overdue"),
@@ -293,7 +293,7 @@ TRANSITIONS = (
         "reintegration_counselling",
         SAME,
         [SYSTEM],
-        "PlanDraftingOverdue",
+        "PlanDraftingEscalated",
         restart_timers=True,
     ),
     _t(
@@ -372,7 +372,7 @@ TRANSITIONS = (
         effect="record_monitoring_visit",
         restart_timers=True,
     ),
-    _t("escalate_monitoring", "monitoring", SAME, [SYSTEM], "MonitoringVisitOverdue", restart_timers=True),
+    _t("escalate_monitoring", "monitoring", SAME, [SYSTEM], "MonitoringVisitEscalated", restart_timers=True),
     _t(
         "close",
         "monitoring",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 # Minor-unit exponents of the currencies the programme pays in. Storage keeps
 # integer minor units, so sums and database CHECKs are exact on every backend.
@@ -28,11 +28,15 @@ class Money:
 
     def __post_init__(self) -> None:
         if self.currency not in CURRENCY_EXPONENTS:
-            raise ValueError(f"unsupported currency {self.currency!r}")
+            raise ValueError("unsupported currency (ISO 4217 code of a programme currency expected)")
         if not isinstance(self.amount, Decimal) or not self.amount.is_finite():
             raise ValueError("amount must be a finite Decimal")
         exponent = CURRENCY_EXPONENTS[self.currency]
-        if self.amount != self.amount.quantize(Decimal(1).scaleb(-exponent)):
+        try:
+            exact = self.amount == self.amount.quantize(Decimal(1).scaleb(-exponent))
+        except InvalidOperation:  # more digits than the decimal context holds
+            raise ValueError("amount is out of range") from None
+        if not exact:
             raise ValueError(f"{self.currency} amounts have at most {exponent} decimal places")
 
     @classmethod

@@ -1,0 +1,167 @@
+"""In-memory cases, actors and payloads for the unit tests, derived from the lifecycle table."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from workflow.domain.actors import SYSTEM_ACTOR, Actor, Role
+from workflow.domain.case import Case
+from workflow.domain.lifecycle import DESTINATION, LIFECYCLE, ORIGIN, Transition
+from workflow.domain.machine import LifecycleMachine, machine_for
+from workflow.domain.money import Money
+from workflow.domain.plan import BudgetLine, Plan
+from workflow.domain.programme import FireContext, Programme
+from workflow.domain.records import Eligibility, HouseholdMember
+from workflow.service_layer.payloads import parse_payload
+
+NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+OFFICE_ON = {ORIGIN: "tallinn", DESTINATION: "kyiv"}
+STRANGER_OFFICE = "riga"  # on neither side of any test case
+
+# Periods that differ from each other and from the defaults, so a swapped setting shows.
+PROGRAMME = Programme(
+    handover_ack_period=timedelta(days=3),
+    returnee_contact_period=timedelta(days=41),
+    plan_drafting_period=timedelta(days=17),
+    monitoring_interval=timedelta(days=67),
+)
+
+PRINCIPAL_ID = "member-principal"
+LINE_ID = "line-business"
+PLAN_APPROVER_ID = "approver-who-approved-the-plan"
+DEPARTURE_ON = date(2026, 12, 1)
+
+# One valid raw payload per payload class the lifecycle names (as a client would send it).
+SAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
+    "NoPayload": {},
+    "Reason": {"reason": "the family asked to wait"},
+    "RegisterInquiry": {
+        "origin_office": OFFICE_ON[ORIGIN],
+        "destination_office": OFFICE_ON[DESTINATION],
+        "language": "uk",
+        "channel": "walk_in",
+        "members": [
+            {"full_name": "Test Principal", "date_of_birth": "1987-03-14", "relationship": "principal"},
+            {"full_name": "Test Child", "date_of_birth": "2019-05-01", "relationship": "child"},
+        ],
+    },
+    "RecordEligibility": {
+        "nationality": "UA",
+        "consent_signed_on": "2026-11-20",
+        "travel_document": "requested",
+        "asylum_status": "pending",
+        "return_chosen_while_pending": True,
+    },
+    "RecordTravelDocuments": {"document_kind": "travel_certificate"},
+    "BookTravel": {"departure_on": str(DEPARTURE_ON), "route": "TLL-WAW", "carrier": "LOT"},
+    "ConfirmArrival": {"arrived_on": str(DEPARTURE_ON + timedelta(days=1))},
+    "DraftPlan": {
+        "currency": "EUR",
+        "lines": [{"member_id": PRINCIPAL_ID, "category": "business", "amount": "2000.00"}],
+    },
+    "Disburse": {
+        "budget_line_id": LINE_ID,
+        "amount": "150.00",
+        "currency": "EUR",
+        "vendor": "Hardware shop",
+        "receipt_ref": "R-1",
+    },
+    "RecordContribution": {"amount": "90.00", "currency": "EUR", "purpose": "rent of the premises"},
+    "RecordMonitoringVisit": {"visited_on": "2027-03-01", "kind": "home_visit", "plan_on_track": True},
+    "Close": {"outcome": "reintegrated"},
+}
+
+
+def machine() -> LifecycleMachine:
+    return machine_for(LIFECYCLE.version)
+
+
+def raw_payload(t: Transition) -> dict[str, Any]:
+    return copy.deepcopy(SAMPLE_PAYLOADS[t.payload.__name__])
+
+
+def payload_for(t: Transition) -> Any:
+    return parse_payload(t.payload, raw_payload(t))
+
+
+def eligible() -> Eligibility:
+    return Eligibility(
+        nationality="UA",
+        expulsion_order=False,
+        consent_signed_on=date(2026, 11, 20),
+        travel_document="requested",
+        asylum_status="none",
+        return_chosen_while_pending=False,
+    )
+
+
+def household() -> list[HouseholdMember]:
+    return [HouseholdMember(PRINCIPAL_ID, "Test Principal", date(1987, 3, 14), "principal")]
+
+
+def approved_plan(allocated: str = "1000.00", disbursed: str = "100.00") -> Plan:
+    line = BudgetLine(
+        LINE_ID, PRINCIPAL_ID, "business", Money(Decimal(allocated), "EUR"), Money(Decimal(disbursed), "EUR")
+    )
+    return Plan(
+        "plan-1",
+        "EUR",
+        "drafter",
+        NOW - timedelta(days=10),
+        [line],
+        approved_by=PLAN_APPROVER_ID,
+        approved_at=NOW - timedelta(days=5),
+    )
+
+
+def case_in(state: str, parts: Iterable[str] = ("members", "plan"), version: int = 7, **fields: Any) -> Case:
+    """A case in ``state`` that satisfies every guard; members and plan only if ``parts`` names them.
+
+    Loading only the parts a transition declares in ``needs`` mirrors the repository.
+    """
+    parts = set(parts)
+    values: dict[str, Any] = {
+        "id": "case-1",
+        "lifecycle_version": LIFECYCLE.version,
+        "_state": state,
+        "version": version,
+        "state_entered_at": NOW - timedelta(days=1),
+        "eligibility": eligible(),
+        "departure_on": DEPARTURE_ON,
+        "last_visit_on": date(2027, 2, 1),
+        "members": household() if "members" in parts else None,
+        "plan": approved_plan() if "plan" in parts else None,
+    }
+    if state != LIFECYCLE.initial:
+        values.update(
+            origin_office=OFFICE_ON[ORIGIN],
+            destination_office=OFFICE_ON[DESTINATION],
+            owner_office=OFFICE_ON[ORIGIN],
+        )
+    values.update(fields)
+    return Case(**values)
+
+
+def actor_for(t: Transition, role: Role, office: str | None = None) -> Actor:
+    """An actor holding ``role`` in an office on the transition's first side (or in ``office``)."""
+    if role is Role.SYSTEM:
+        return SYSTEM_ACTOR
+    office = office or OFFICE_ON[t.sides[0]]
+    return Actor.of(f"{role.value}@{office}", office, role)
+
+
+def first_role(t: Transition) -> Role:
+    return sorted(t.roles)[0]
+
+
+def ctx(actor: Actor, programme: Programme = PROGRAMME, now: datetime = NOW) -> FireContext:
+    return FireContext(actor, now, programme)
+
+
+def snapshot(case: Case) -> dict[str, Any]:
+    """Every field of the case, deep-copied: equal snapshots mean the fire changed nothing."""
+    return {name: copy.deepcopy(getattr(case, name)) for name in Case.__slots__}
