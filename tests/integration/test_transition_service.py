@@ -210,19 +210,17 @@ def test_the_database_refuses_to_rewrite_history(app: App, statement: str) -> No
         assert conn.scalar(text("SELECT count(*) FROM case_history")) == 1
 
 
+def _tranche(line_id: str, amount: str) -> dict[str, str]:
+    return {"budget_line_id": line_id, "amount": amount, "currency": "EUR", "vendor": "v", "receipt_ref": "r"}
+
+
 def test_approver_of_a_plan_cannot_disburse_against_it(app: App) -> None:
     case_id = advance_to(app, "plan_approved")
     approver_with_finance_role = Actor(
         TLL_APPROVER.id, "kyiv", frozenset({Role.APPROVER, Role.FINANCE_OFFICER})
     )
     line = app.views.case(case_id)["plan"]["lines"][0]
-    payload = {
-        "budget_line_id": line["id"],
-        "amount": "10.00",
-        "currency": "EUR",
-        "vendor": "v",
-        "receipt_ref": "r",
-    }
+    payload = _tranche(line["id"], "10.00")
 
     with pytest.raises(GuardFailed, match="four eyes"):
         app.transitions.fire(case_id, "disburse", approver_with_finance_role, payload)
@@ -232,12 +230,11 @@ def test_approver_of_a_plan_cannot_disburse_against_it(app: App) -> None:
 def test_a_disbursement_beyond_the_budget_line_is_refused(app: App) -> None:
     case_id = advance_to(app, "plan_approved")
     line = app.views.case(case_id)["plan"]["lines"][2]  # 700.00 EUR
-    payload = {"budget_line_id": line["id"], "currency": "EUR", "vendor": "v", "receipt_ref": "r"}
-    app.transitions.fire(case_id, "disburse", KBP_FINANCE, payload | {"amount": "650.00"})
+    app.transitions.fire(case_id, "disburse", KBP_FINANCE, _tranche(line["id"], "650.00"))
     before = snapshot_tables(app.db)
 
     with pytest.raises(GuardFailed, match="exceeds"):
-        app.transitions.fire(case_id, "disburse", KBP_FINANCE, payload | {"amount": "50.01"})
+        app.transitions.fire(case_id, "disburse", KBP_FINANCE, _tranche(line["id"], "50.01"))
 
     assert snapshot_tables(app.db) == before
     assert app.views.case(case_id)["plan"]["lines"][2]["remaining"] == "50.00 EUR"
@@ -246,13 +243,7 @@ def test_a_disbursement_beyond_the_budget_line_is_refused(app: App) -> None:
 def test_cash_is_refused_while_the_programme_keeps_it_off(app: App) -> None:
     case_id = advance_to(app, "plan_approved")
     line = app.views.case(case_id)["plan"]["lines"][0]
-    payload = {
-        "budget_line_id": line["id"],
-        "amount": "10.00",
-        "currency": "EUR",
-        "vendor": "v",
-        "receipt_ref": "r",
-    }
+    payload = _tranche(line["id"], "10.00")
     with pytest.raises(GuardFailed, match="cash"):
         app.transitions.fire(case_id, "disburse", KBP_FINANCE, payload | {"kind": "cash"})
 
