@@ -294,6 +294,7 @@ def upgrade() -> None:
         "budget_lines",
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("plan_id", sa.String(length=36), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("case_id", sa.String(length=36), nullable=False),
         sa.Column("member_id", sa.String(length=36), nullable=False),
         sa.Column("category", sa.String(length=24), nullable=False),

@@ -262,3 +262,19 @@ def test_moving_on_cancels_the_deadlines_of_the_state_left(app: App) -> None:
 def test_accepting_the_handover_makes_the_destination_the_owner(app: App) -> None:
     case_id = advance_to(app, "handed_over")
     assert app.views.case(case_id)["owner_office"] == "kyiv"
+
+
+def test_plan_lines_keep_the_plan_order_however_the_rows_are_stored(app: App) -> None:
+    # An UPDATE moves a row on PostgreSQL; without an explicit order the lines came back shuffled.
+    for _ in range(8):
+        case_id = advance_to(app, "closed")
+    categories = [line["category"] for line in app.views.case(case_id)["plan"]["lines"]]
+    assert categories == ["business", "business", "education", "education"]
+
+
+def test_a_payload_with_non_string_keys_is_invalid_even_with_an_idempotency_key(app: App) -> None:
+    case_id = register(app).case_id
+    with pytest.raises(InvalidPayload):
+        app.transitions.fire(
+            case_id, "withdraw", TLL_CASEWORKER, {1: "x", "reason": "r"}, idempotency_key="odd-keys"
+        )

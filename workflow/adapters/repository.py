@@ -113,7 +113,9 @@ class SqlCaseRepository:
         if row is None:
             return None
         lines = self._conn.execute(
-            select(tb.budget_lines).where(tb.budget_lines.c.plan_id == row["id"])
+            select(tb.budget_lines)
+            .where(tb.budget_lines.c.plan_id == row["id"])
+            .order_by(tb.budget_lines.c.position)
         ).mappings()
         return Plan(
             row["id"],
@@ -207,6 +209,7 @@ def _plan_drafted(conn: Connection, case_id: str, change: ch.PlanDrafted) -> Non
             {
                 "id": line.id,
                 "plan_id": plan.id,
+                "position": position,
                 "case_id": case_id,
                 "member_id": line.member_id,
                 "category": line.category,
@@ -215,7 +218,7 @@ def _plan_drafted(conn: Connection, case_id: str, change: ch.PlanDrafted) -> Non
                 "disbursed_minor": 0,
                 "purpose": line.purpose,
             }
-            for line in plan.lines
+            for position, line in enumerate(plan.lines)
         ],
     )
 

@@ -164,6 +164,7 @@ budget_lines = Table(
     metadata,
     Column("id", Id, primary_key=True),
     Column("plan_id", ForeignKey("plans.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("position", Integer, nullable=False),  # the order the plan lists its lines in
     Column("case_id", Id, nullable=False),
     Column("member_id", ForeignKey("household_members.id"), nullable=False),
     Column("category", String(24), nullable=False),

@@ -96,7 +96,8 @@ class LifecycleMachine:
         self._machine.events[trigger].trigger(firing)
         case._enter(firing.fsm_state, ctx.now)
         self._rearm_timers(case, t, source, ctx)
-        data = {"trigger": trigger, "from_state": source, "to_state": case.state}
+        from_state = None if source == self.lifecycle.initial else source
+        data = {"trigger": trigger, "from_state": from_state, "to_state": case.state}
         events = tuple(
             Event(str(uuid.uuid4()), name, case.id, case.version, ctx.now, data) for name in t.events
         )

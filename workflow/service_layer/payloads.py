@@ -16,11 +16,17 @@ def _adapter(shape: type) -> TypeAdapter[Any]:
     return TypeAdapter(shape)
 
 
-def parse_payload(shape: type, raw: Mapping[str, Any] | None) -> Any:
+def require_object(raw: object) -> Mapping[str, Any]:
+    """A payload is a JSON object: a mapping with string keys (None stands for an empty one)."""
     if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
+        return {}
+    if not isinstance(raw, Mapping) or not all(isinstance(key, str) for key in raw):
         raise InvalidPayload("the payload must be a JSON object")
+    return raw
+
+
+def parse_payload(shape: type, raw: Mapping[str, Any] | None) -> Any:
+    raw = require_object(raw)
     try:
         return _adapter(shape).validate_python(dict(raw))
     except ValidationError as exc:

@@ -71,7 +71,11 @@ class _Request:
             "payload": self.payload,
             "expected_version": self.expected_version,
         }
-        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+        try:
+            canonical = json.dumps(body, sort_keys=True, default=str)
+        except TypeError:  # not a JSON object (non-string keys): parse_payload refuses it later
+            canonical = repr(body)
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class TransitionService:
