@@ -17,7 +17,9 @@ import argparse
 import itertools
 import multiprocessing as mp
 import os
+import queue
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -25,6 +27,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
+
+if not __package__:  # run as a file, bench/ comes first on sys.path and shadows the transitions library
+    sys.exit("run from the repository root as a module: .venv/bin/python -m bench.transitions")
 
 from sqlalchemy import bindparam, create_engine, insert, select, text, update
 from sqlalchemy.engine import make_url
@@ -88,9 +93,14 @@ def baseline_step(url: str, case_ids: list[str]) -> Step:
     # Same pool sizes as make_engine; no pre-ping. SQLite needs make_engine's pragmas and BEGIN IMMEDIATE.
     db = create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE) if is_pg else make_engine(url)
     with db.connect() as conn:
-        versions = dict(conn.execute(select(c.id, c.version).where(c.id.in_(case_ids))).tuples().all())
-    history_payload = public_view(parse_payload(RecordEligibility, PAYLOAD))
-    ids, actor = itertools.cycle(case_ids), TLL_CASEWORKER
+        versions = dict(conn.execute(select(c.id, c.version).where(c.id.in_(case_ids))).all())
+    actor, ids = TLL_CASEWORKER, itertools.cycle(case_ids)
+    history = {
+        **{"trigger": TRIGGER, "from_state": STATE, "to_state": STATE, "reason": None, "request_id": None},
+        **{"actor_id": actor.id, "actor_office": actor.office, "lifecycle_version": LIFECYCLE.version},
+        "payload": public_view(parse_payload(RecordEligibility, PAYLOAD)),
+    }
+    data = {"trigger": TRIGGER, "from_state": STATE, "to_state": STATE}
 
     def step() -> None:
         case_id = next(ids)
@@ -100,36 +110,10 @@ def baseline_step(url: str, case_ids: list[str]) -> Step:
             if conn.execute(UPDATE_CASE, params).rowcount != 1:
                 raise RuntimeError(f"version conflict on {case_id}")
             conn.execute(
-                INSERT_HISTORY,
-                {
-                    "case_id": case_id,
-                    "version": version,
-                    "trigger": TRIGGER,
-                    "from_state": STATE,
-                    "to_state": STATE,
-                    "actor_id": actor.id,
-                    "actor_office": actor.office,
-                    "reason": None,
-                    "payload": history_payload,
-                    "request_id": None,
-                    "lifecycle_version": LIFECYCLE.version,
-                    "occurred_at": now,
-                },
+                INSERT_HISTORY, {**history, "case_id": case_id, "version": version, "occurred_at": now}
             )
-            data = {"trigger": TRIGGER, "from_state": STATE, "to_state": STATE}
-            conn.execute(
-                INSERT_OUTBOX,
-                [
-                    {
-                        "event_id": str(uuid.uuid4()),
-                        "case_id": case_id,
-                        "case_version": version,
-                        "event_type": EVENT,
-                        "payload": data,
-                        "occurred_at": now,
-                    }
-                ],
-            )
+            event = {"event_id": str(uuid.uuid4()), "event_type": EVENT, "payload": data, "occurred_at": now}
+            conn.execute(INSERT_OUTBOX, {**event, "case_id": case_id, "case_version": version})
         versions[case_id] = version
 
     return step
@@ -156,36 +140,44 @@ def worker(
     try:
         step = STEPS_BY_KIND[kind](url, ids)
         barrier.wait()
-        out.put(timed(step, warmup, seconds))
-    except Exception as exc:
-        barrier.abort()
-        out.put(f"{kind} worker failed: {exc!r}")
+    except BaseException:
+        barrier.abort()  # the others stop waiting; this process exits non-zero with its traceback
+        raise
+    out.put(timed(step, warmup, seconds))
 
 
 def run(kind: str, url: str, slices: list[list[str]], warmup: float, seconds: float) -> float:
     """Transitions per second summed over one process per slice, all starting together."""
     ctx = mp.get_context("spawn")
-    barrier, out = ctx.Barrier(len(slices)), ctx.Queue()
+    barrier, out = ctx.Barrier(len(slices), timeout=120), ctx.Queue()
     procs = [
         ctx.Process(target=worker, args=(kind, url, ids, warmup, seconds, barrier, out)) for ids in slices
     ]
     for p in procs:
         p.start()
-    counts = [out.get(timeout=warmup + seconds + 120) for _ in procs]
-    for p in procs:
-        p.join()
-    if failures := [r for r in counts if isinstance(r, str)]:
-        raise RuntimeError("; ".join(failures))
+    counts: list[int] = []
+    try:
+        while len(counts) < len(procs):
+            try:
+                counts.append(out.get(timeout=1))
+            except queue.Empty:
+                if any(p.exitcode for p in procs):
+                    raise RuntimeError(f"a {kind} worker died (traceback above)") from None
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
     return sum(counts) / seconds
 
 
 def compare(label: str, url: str, slices: list[list[str]], args: argparse.Namespace) -> None:
     """Interleaves baseline and fire runs so drift on a noisy machine hits both alike."""
-    fire: list[float] = []
-    base: list[float] = []
+    runs: dict[str, list[float]] = {"baseline": [], "fire": []}
     for _ in range(args.rounds):
-        base.append(run("baseline", url, slices, args.warmup, args.seconds))
-        fire.append(run("fire", url, slices, args.warmup, args.seconds))
+        for kind, rates in runs.items():
+            rates.append(run(kind, url, slices, args.warmup, args.seconds))
+    base, fire = runs["baseline"], runs["fire"]
     f, b = statistics.median(fire), statistics.median(base)
     print(
         f"{label:<9} processes={len(slices)}  fire={f:,.0f}/s  baseline={b:,.0f}/s  ratio={f / b:.2f} "
@@ -261,8 +253,8 @@ def main() -> None:
             profile(url, slices[0], 3.0 if args.quick else 6.0, args.lines)
             return
         print(
-            f"{len(ids)} inquiry cases, trigger {TRIGGER}, "
-            f"runs of {args.seconds:g} s after {args.warmup:g} s warm-up"
+            f"{len(ids)} inquiry cases, trigger {TRIGGER}, runs of {args.seconds:g} s after "
+            f"{args.warmup:g} s warm-up, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
         )
         compare("postgres", url, slices, args)
         compare("postgres", url, slices[:1], args)
