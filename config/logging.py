@@ -10,8 +10,8 @@ from dataclasses import asdict, is_dataclass
 from datetime import date
 from decimal import Decimal
 from enum import Enum
-from uuid import UUID
 from typing import Any
+from uuid import UUID
 
 import structlog
 
@@ -96,7 +96,12 @@ def configure_logging(*, json: bool, level: str = "INFO") -> None:
     ]
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Drop events below the level before the chain runs: redaction is not free.
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

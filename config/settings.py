@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool | None = None  # default: console in development, JSON elsewhere
     db_pool_size: int = 10
+    db_pre_ping: bool = False  # see workflow/adapters/db.py: make_engine
 
     # Programme rules (DOMAIN.md): cash is off unless the programme turns it on.
     allow_cash: bool = False

@@ -41,6 +41,8 @@ class App:
 
 def bootstrap(settings: Settings | None = None, clock: Clock | None = None, db: Engine | None = None) -> App:
     settings = settings or get_settings()
-    db = db or make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    db = db or make_engine(
+        settings.database_url, pool_size=settings.db_pool_size, pre_ping=settings.db_pre_ping
+    )
     service = TransitionService(lambda: SqlUnitOfWork(db), programme_from(settings), clock or SystemClock())
     return App(db=db, transitions=service, views=CaseViews(db))

@@ -42,6 +42,8 @@ _ELIGIBILITY = (
     "return_chosen_while_pending",
 )
 
+# Built once: constructing and cache-keying a statement per call costs more than running it.
+_SELECT_CASE = select(tb.cases).where(tb.cases.c.id == bindparam("_id"))
 _UPDATE_CASE = update(tb.cases).where(
     tb.cases.c.id == bindparam("_id"), tb.cases.c.version == bindparam("_expected")
 )
@@ -62,7 +64,7 @@ class SqlCaseRepository:
         self._conn = conn
 
     def get(self, case_id: str) -> Case | None:
-        row = self._conn.execute(select(tb.cases).where(tb.cases.c.id == case_id)).mappings().first()
+        row = self._conn.execute(_SELECT_CASE, {"_id": case_id}).mappings().first()
         return _to_case(row) if row else None
 
     def load_parts(self, case: Case, parts: Iterable[str]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from workflow.domain.events import Event
 from workflow.service_layer.ports import DuplicateIdempotencyKey, HistoryEntry, StoredResponse
 
 _INSERT_HISTORY = insert(tb.case_history)
+_HISTORY_FIELDS = tuple(HistoryEntry.__dataclass_fields__)
 _INSERT_OUTBOX = insert(tb.outbox)
 _INSERT_KEY = insert(tb.idempotency_keys)
 
@@ -27,7 +27,8 @@ class SqlHistoryLog:
         self._conn = conn
 
     def append(self, entry: HistoryEntry) -> None:
-        self._conn.execute(_INSERT_HISTORY, asdict(entry))
+        # Shallow: dataclasses.asdict deep-copies the payload, which costs more than the INSERT.
+        self._conn.execute(_INSERT_HISTORY, {name: getattr(entry, name) for name in _HISTORY_FIELDS})
 
     def for_case(self, case_id: str) -> Sequence[HistoryEntry]:
         h = tb.case_history.c
