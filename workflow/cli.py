@@ -173,9 +173,16 @@ def lifecycle_table() -> None:
 
 
 @app.command("demo")
-def demo() -> None:
+def demo(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="also show the engine's log")] = False,
+) -> None:
     """Run the seed family's story through the engine on the configured database."""
+    import logging
+
     from workflow.adapters.migrate import upgrade
+
+    if not verbose:  # the steps are printed below; the log would repeat each one
+        logging.getLogger().setLevel(logging.WARNING)
     from workflow.adapters.views import ensure_office
     from workflow.demo import DESTINATION, ORIGIN, run_story
 
