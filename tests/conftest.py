@@ -23,7 +23,7 @@ from workflow.bootstrap import App, bootstrap
 POSTGRES_ADMIN_URL = os.environ.get(
     "AVRR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-REQUIRE_POSTGRES = os.environ.get("AVRR_REQUIRE_POSTGRES") == "1"
+REQUIRE_SERVICES = os.environ.get("AVRR_REQUIRE_SERVICES") == "1"
 OFFICES = (("tallinn", "IOM Tallinn", "EE"), ("kyiv", "IOM Kyiv", "UA"), ("riga", "IOM Riga", "LV"))
 
 
@@ -49,7 +49,7 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def postgres_url(worker_id: str) -> Iterator[str]:
     problem = _postgres_available()
     if problem:
-        if REQUIRE_POSTGRES:
+        if REQUIRE_SERVICES:
             pytest.fail(problem)
         pytest.skip(problem)
     name = f"avrr_test_{worker_id}_{uuid.uuid4().hex[:8]}"

@@ -258,3 +258,26 @@ timers = Table(
         sqlite_where=text("status = 'pending'"),
     ),
 )
+
+# One row per (event, effect): the workers' inbox, attempt counter and outcome. An effect's
+# own database write and its ``status = 'done'`` commit together, so a redelivered event
+# finds it done and does nothing twice.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("event_id", Id, primary_key=True),
+    Column("effect", String(96), primary_key=True),
+    Column("case_id", Id, nullable=False, index=True),
+    Column("event_type", String(64), nullable=False),
+    Column("status", String(16), nullable=False),  # running, done, dead
+    Column("attempts", Integer, nullable=False),
+    Column("last_error", Text),
+    Column("started_at", Stamp, nullable=False),
+    Column("finished_at", Stamp),
+    Index(
+        "ix_jobs_dead",
+        "started_at",
+        postgresql_where=text("status = 'dead'"),
+        sqlite_where=text("status = 'dead'"),
+    ),
+)

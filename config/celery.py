@@ -1,0 +1,58 @@
+"""Celery settings chosen for reliability; the broker and queue come from the caller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TASK_SOFT_TIME_LIMIT = 60
+TASK_TIME_LIMIT = 90
+# A job that killed its worker this many times is dead-lettered instead of redelivered again.
+MAX_ATTEMPTS = 5
+
+
+def celery_config(broker_url: str | None, data_dir: Path = Path("var")) -> dict[str, Any]:
+    embedded = not broker_url
+    broker_dir = data_dir / "broker"
+    return {
+        # No server for the embedded default: messages are files under ./var/broker.
+        "broker_url": broker_url or "filesystem://",
+        "broker_transport_options": (
+            {
+                "data_folder_in": str(broker_dir),
+                "data_folder_out": str(broker_dir),
+                "processed_folder": str(data_dir / "broker-processed"),
+                "store_processed": False,
+            }
+            if embedded
+            # Redis re-delivers an unacknowledged message after this many seconds; above the
+            # hard time limit, so a slow job is never handed to a second worker while it runs.
+            else {"visibility_timeout": TASK_TIME_LIMIT * 4}
+        ),
+        # Acknowledge after the job ran: a worker that dies mid-job leaves it to be redelivered.
+        "task_acks_late": True,
+        # A worker process killed by the OS (OOM, kill -9) puts its job back; the attempt cap
+        # kept in the database (jobs.attempts) stops a job that keeps killing workers.
+        "task_reject_on_worker_lost": True,
+        # One message per process at a time: nothing prefetched is stranded in a dead worker.
+        "worker_prefetch_multiplier": 1,
+        # Soft limit raises inside the job so it can clean up; the hard limit kills the process.
+        "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
+        "task_time_limit": TASK_TIME_LIMIT,
+        # JSON only: no pickle, nothing executable in a message, ids and types only.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        # The database is the source of truth; results would only fill the broker.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Keep trying when the broker is away, at start-up and while running.
+        "broker_connection_retry": True,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "task_default_queue": "avrr",
+        # Logging is configured by our entry point, not by Celery.
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+    }

@@ -1,0 +1,146 @@
+"""Real Celery worker processes on Redis, the relay on PostgreSQL: each effect happens once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+from sqlalchemy import func, select
+
+from config.celery import celery_config
+from tests.conftest import REQUIRE_SERVICES
+from tests.support import advance_to
+from workers import relay
+from workflow.adapters import tables as tb
+from workflow.adapters.clock import SystemClock
+from workflow.adapters.jobs import SqlJobStore
+from workflow.bootstrap import App
+from workflow.domain.lifecycle import LIFECYCLE
+from workflow.service_layer.effects import EffectRunner, Job, runnable_effects
+
+pytestmark = pytest.mark.postgres
+REDIS_URL = os.environ.get("AVRR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def broker() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL).flushdb()
+    except redis.ConnectionError as exc:
+        (pytest.fail if REQUIRE_SERVICES else pytest.skip)(f"Redis at {REDIS_URL} unreachable: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def worker(pg_url: str, broker: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = os.environ | {"AVRR_DATABASE_URL": pg_url, "AVRR_BROKER_URL": broker, "AVRR_LOG_LEVEL": "WARNING"}
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-c",
+            "2",
+            "--without-gossip",
+            "--without-mingle",
+            "-l",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield proc
+    proc.terminate()
+    proc.wait(30)
+    log.close()
+
+
+@pytest.fixture
+def relay_thread(pg_app: App, broker: str) -> Iterator[threading.Event]:
+    app = Celery("avrr-test")
+    app.conf.update(celery_config(broker))
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(pg_app.db, app, stop, 0.2), daemon=True)
+    thread.start()
+    yield stop
+    stop.set()
+    thread.join(10)
+
+
+def _wait_for(condition: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def _tasks(app: App, case_id: str) -> list[str]:
+    with app.db.connect() as conn:
+        t = tb.tasks.c
+        return sorted(conn.scalars(select(t.kind).where(t.case_id == case_id)))
+
+
+def test_committed_transitions_reach_a_worker_and_create_their_tasks_once(
+    pg_app: App, worker: subprocess.Popen[bytes], relay_thread: threading.Event
+) -> None:
+    case_id = advance_to(pg_app, "reintegration_counselling")
+    events = [e for h in pg_app.views.history(case_id) for e in LIFECYCLE.by_trigger[h["trigger"]].events]
+    expected = sorted(effect.subject for event in events for effect in runnable_effects(event))
+
+    _wait_for(lambda: len(_tasks(pg_app, case_id)) >= len(expected))
+    time.sleep(1.0)  # anything duplicated would arrive by now
+
+    assert _tasks(pg_app, case_id) == expected
+    assert {"request_travel_documents", "airport_reception", "reintegration_counselling"} <= set(expected)
+    with pg_app.db.connect() as conn:
+        assert (
+            conn.scalar(select(func.count()).select_from(tb.outbox).where(tb.outbox.c.sent_at.is_(None))) == 0
+        )
+        statuses = set(conn.scalars(select(tb.jobs.c.status).where(tb.jobs.c.case_id == case_id)))
+    assert statuses == {"done"}
+    assert worker.poll() is None
+
+
+def test_a_job_delivered_twice_creates_its_task_once(pg_app: App) -> None:
+    case_id = advance_to(pg_app, "return_approved")
+    with pg_app.db.connect() as conn:
+        event_id = conn.scalar(select(tb.outbox.c.event_id).where(tb.outbox.c.event_type == "ReturnApproved"))
+    (effect,) = runnable_effects("ReturnApproved")
+    runner = EffectRunner(lambda: SqlJobStore(pg_app.db), SystemClock(), max_attempts=5)
+    job = Job(event_id, "ReturnApproved", case_id, effect.name)
+
+    assert [runner.run(job), runner.run(job)] == ["done", "done"]
+    assert _tasks(pg_app, case_id) == ["request_travel_documents"]
+
+
+def test_a_job_that_keeps_dying_is_dead_lettered_after_its_attempt_cap(pg_app: App) -> None:
+    case_id = advance_to(pg_app, "return_approved")
+    with pg_app.db.connect() as conn:
+        event_id = conn.scalar(select(tb.outbox.c.event_id).where(tb.outbox.c.event_type == "ReturnApproved"))
+    (effect,) = runnable_effects("ReturnApproved")
+    store = SqlJobStore(pg_app.db)
+    job = Job(event_id, "ReturnApproved", case_id, effect.name)
+    for _ in range(3):  # three deliveries whose worker died mid-job: attempts counted, never finished
+        store.start(job, SystemClock().now())
+
+    outcome = EffectRunner(lambda: store, SystemClock(), max_attempts=3).run(job)
+
+    assert outcome == "dead"
+    assert _tasks(pg_app, case_id) == []

@@ -1,0 +1,88 @@
+"""The outbox relay process: `python -m workers.relay` (or `avrr relay`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import psycopg
+import structlog
+from celery import Celery
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError as DatabaseError
+
+from workflow.adapters.relay import OutboxMessage, OutboxRelay
+from workflow.service_layer.effects import runnable_effects
+
+log = structlog.get_logger(__name__)
+CHANNEL = "avrr_outbox"
+
+
+def celery_publisher(app: Celery) -> object:
+    def publish(batch: Sequence[OutboxMessage]) -> None:
+        with app.producer_or_acquire() as producer:
+            for m in batch:
+                for effect in runnable_effects(m.event_type):
+                    app.send_task(
+                        "avrr.effects.run",
+                        args=[m.event_id, m.event_type, m.case_id, effect.name],
+                        producer=producer,
+                        retry=True,
+                        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+                    )
+
+    return publish
+
+
+class Waker:
+    """Sleeps until PostgreSQL NOTIFYs a commit to the outbox, or the poll interval passes."""
+
+    def __init__(self, db: Engine, interval: float) -> None:
+        self._interval = interval
+        self._conn: psycopg.Connection[object] | None = None
+        if db.dialect.name == "postgresql":
+            url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._conn = psycopg.connect(url, autocommit=True)
+            self._conn.execute(f"LISTEN {CHANNEL}")
+
+    def wait(self) -> None:
+        if self._conn is None:
+            time.sleep(self._interval)
+            return
+        for _ in self._conn.notifies(timeout=self._interval, stop_after=1):
+            pass
+
+
+def run(db: Engine, app: Celery, stop: threading.Event, interval: float = 1.0) -> None:
+    relay = OutboxRelay(db, celery_publisher(app))  # type: ignore[arg-type]
+    waker, backoff = Waker(db, interval), interval
+    log.info("relay.started", database=db.dialect.name)
+    while not stop.is_set():
+        try:
+            moved = relay.relay_once()
+            backoff = interval
+        except (BrokerError, DatabaseError) as exc:
+            # Rows stay unsent; they go out when the broker (or database) is back.
+            log.warning("relay.unavailable", error=type(exc).__name__, retry_in=backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+            continue
+        if not moved:
+            waker.wait()
+
+
+def main() -> None:
+    from workers.app import app
+    from workflow.bootstrap import bootstrap
+
+    stop = threading.Event()
+    try:
+        run(bootstrap().db, app, stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""What workers do for each event: one row per effect, the other half of the lifecycle table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workflow.domain.lifecycle import DESTINATION, ORIGIN
+
+NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK, DELIVER_HANDOVER = (
+    "notify_family",
+    "notify_office",
+    "create_task",
+    "deliver_handover",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    kind: str
+    subject: str  # the template or task kind
+    side: str = ORIGIN  # the office that receives it (staff notices and tasks)
+    due_in_days: int | None = None
+
+    @property
+    def name(self) -> str:
+        """Unique per event: the key of the job (and of the send's idempotency key)."""
+        return f"{self.kind}:{self.subject}:{self.side}"
+
+
+def family(template: str) -> Effect:
+    return Effect(NOTIFY_FAMILY, template)
+
+
+def office(template: str, side: str) -> Effect:
+    return Effect(NOTIFY_OFFICE, template, side)
+
+
+def task(kind: str, side: str, due_in_days: int | None = None) -> Effect:
+    return Effect(CREATE_TASK, kind, side, due_in_days)
+
+
+_TRAVEL_BOOKED = (
+    family("travel_booked"),
+    task("pre_arrival_notice", ORIGIN, 3),
+    office("pre_arrival_notice", DESTINATION),
+    task("airport_reception", DESTINATION),
+)
+
+EFFECTS: dict[str, tuple[Effect, ...]] = {
+    "InquiryRegistered": (family("inquiry_registered"),),
+    "ApplicationSubmitted": (office("application_submitted", ORIGIN),),
+    "ReturnApproved": (family("return_approved"), task("request_travel_documents", ORIGIN, 7)),
+    "ReturnRejected": (family("return_rejected"),),
+    "TravelBooked": _TRAVEL_BOOKED,
+    "TravelRebooked": _TRAVEL_BOOKED,
+    "BookingCancelled": (office("booking_cancelled", DESTINATION),),
+    "NoShowRecorded": (office("no_show", ORIGIN),),
+    "DepartureConfirmed": (office("departure_confirmed", DESTINATION),),
+    "ArrivalConfirmed": (family("arrival_welcome"),),
+    "CaseWithdrawn": (office("case_withdrawn", ORIGIN),),
+    "HandoverSent": (Effect(DELIVER_HANDOVER, "handover_package", DESTINATION),),
+    "HandoverEscalated": (office("handover_escalated", ORIGIN), office("handover_escalated", DESTINATION)),
+    "HandoverAccepted": (
+        family("handover_accepted"),
+        office("handover_accepted", ORIGIN),
+        task("reintegration_counselling", DESTINATION, 30),
+    ),
+    "HandoverRefused": (office("handover_refused", ORIGIN),),
+    "ReturneeContactEscalated": (
+        office("returnee_contact_overdue", DESTINATION),
+        office("returnee_contact_overdue", ORIGIN),
+    ),
+    "PlanDraftingEscalated": (office("plan_drafting_overdue", DESTINATION),),
+    "PlanSubmitted": (office("plan_submitted", ORIGIN),),
+    "PlanApproved": (family("plan_approved"), office("plan_approved", DESTINATION)),
+    "PlanReturned": (office("plan_returned", DESTINATION),),
+    "GrantDisbursed": (family("grant_disbursed"),),
+    "DisbursementCompleted": (task("monitoring_visit", DESTINATION, 90),),
+    "MonitoringVisitRecorded": (task("monitoring_visit", DESTINATION, 90),),
+    "MonitoringVisitEscalated": (
+        family("monitoring_visit_due"),
+        office("monitoring_visit_overdue", DESTINATION),
+    ),
+    "CaseLapsed": (office("case_lapsed", ORIGIN),),
+    "CaseClosed": (family("case_closed"), office("case_closed", ORIGIN)),
+}
+
+
+def effects_of(event_type: str) -> tuple[Effect, ...]:
+    return EFFECTS.get(event_type, ())
+
+
+def effect_named(event_type: str, name: str) -> Effect | None:
+    return next((e for e in effects_of(event_type) if e.name == name), None)
