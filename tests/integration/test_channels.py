@@ -1,0 +1,390 @@
+"""The notification channels against real components: an SMTP server, processes, HTTP receivers."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import multiprocessing
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from tests.support import FixedClock
+from workflow.adapters.channels.sms import FileSinkSms, HttpSmsGateway
+from workflow.adapters.channels.smtp import SmtpChannel, message_id
+from workflow.adapters.channels.webhook import (
+    SignatureMismatch,
+    StaleSignature,
+    WebhookChannel,
+    verify_signature,
+)
+from workflow.adapters.templates import render
+from workflow.service_layer.notifications import (
+    EMAIL,
+    SMS,
+    WEBHOOK,
+    Message,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    idempotency_key,
+)
+
+FROM = "AVRR Tallinn <noreply@avrr.example.org>"
+SECRET = "shared-webhook-secret-of-enough-length"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def message(channel: str, recipient: str, key: str = "evt-1/notify_family:travel_booked:origin") -> Message:
+    context = {"case_ref": "C-7F3A", "departure_on": "2026-12-03", "route": "TLL-WAW-KBP"}
+    subject, body = render("family.travel_booked", "uk", context)
+    return Message(recipient, channel, subject, body, "uk", key)
+
+
+# --- e-mail over a real SMTP server ------------------------------------------------------------
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps what it accepts and can refuse recipients on demand."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Any] = []
+        self.rcpt_reply: str | None = None
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if self.rcpt_reply:
+            return self.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append(envelope)
+        return "250 Message accepted for delivery"
+
+    def received(self) -> list[email.message.EmailMessage]:
+        return [email.message_from_bytes(e.content, policy=email.policy.default) for e in self.envelopes]  # type: ignore[misc]
+
+
+@pytest.fixture(scope="module")
+def smtp_server() -> Iterator[tuple[Controller, Inbox]]:
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller, inbox
+    controller.stop()
+
+
+@pytest.fixture
+def smtp(smtp_server: tuple[Controller, Inbox]) -> tuple[SmtpChannel, Inbox]:
+    controller, inbox = smtp_server
+    inbox.envelopes.clear()
+    inbox.rcpt_reply = None
+    return SmtpChannel("127.0.0.1", controller.port, FROM, timeout=5), inbox
+
+
+def test_an_email_arrives_with_its_subject_body_and_a_message_id_from_the_key(
+    smtp: tuple[SmtpChannel, Inbox],
+) -> None:
+    channel, inbox = smtp
+    sent = message(EMAIL, "family@example.org")
+    channel.send(sent)
+    [received] = inbox.received()
+    assert received["Subject"] == sent.subject
+    assert received.get_content().strip() == sent.body
+    assert received["To"] == "family@example.org"
+    assert received["Message-ID"] == message_id(sent.idempotency_key, FROM)
+    assert received["Message-ID"].endswith("@avrr.example.org>")
+    assert received["X-AVRR-Idempotency-Key"] == sent.idempotency_key
+    assert received["Content-Language"] == "uk"
+    assert inbox.envelopes[0].rcpt_tos == ["family@example.org"]
+
+
+def test_a_resend_carries_the_same_message_id_and_another_event_a_different_one(
+    smtp: tuple[SmtpChannel, Inbox],
+) -> None:
+    channel, inbox = smtp
+    channel.send(message(EMAIL, "family@example.org", key="evt-1/x"))
+    channel.send(message(EMAIL, "family@example.org", key="evt-1/x"))
+    channel.send(message(EMAIL, "family@example.org", key="evt-2/x"))
+    first, resend, other = (m["Message-ID"] for m in inbox.received())
+    assert first == resend != other
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [("450 4.2.1 Mailbox busy", TransientDeliveryError), ("550 5.1.1 No such user", PermanentDeliveryError)],
+)
+def test_a_refused_recipient_maps_4xx_to_transient_and_5xx_to_permanent(
+    smtp: tuple[SmtpChannel, Inbox], reply: str, error: type[Exception]
+) -> None:
+    channel, inbox = smtp
+    inbox.rcpt_reply = reply
+    with pytest.raises(error) as refused:
+        channel.send(message(EMAIL, "family@example.org"))
+    assert "family@example.org" not in str(refused.value)
+    assert inbox.envelopes == []
+
+
+def test_starttls_on_a_server_without_it_is_permanent(smtp_server: tuple[Controller, Inbox]) -> None:
+    channel = SmtpChannel("127.0.0.1", smtp_server[0].port, FROM, starttls=True, timeout=5)
+    with pytest.raises(PermanentDeliveryError):
+        channel.send(message(EMAIL, "family@example.org"))
+
+
+def test_no_server_is_transient() -> None:
+    with pytest.raises(TransientDeliveryError):
+        SmtpChannel("127.0.0.1", free_port(), FROM, timeout=2).send(message(EMAIL, "family@example.org"))
+
+
+def test_a_server_that_never_greets_times_out_as_transient() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        channel = SmtpChannel("127.0.0.1", silent.getsockname()[1], FROM, timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(TransientDeliveryError):
+            channel.send(message(EMAIL, "family@example.org"))
+        assert time.monotonic() - started < 3
+
+
+def test_login_uses_the_credentials_and_a_wrong_password_is_permanent() -> None:
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"relay", b"right")
+        return AuthResult(success=ok, handled=False)
+
+    inbox = Inbox()
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=free_port(), authenticator=authenticate, auth_require_tls=False
+    )
+    controller.start()
+    try:
+        SmtpChannel("127.0.0.1", controller.port, FROM, "relay", "right").send(
+            message(EMAIL, "a@example.org")
+        )
+        assert len(inbox.envelopes) == 1
+        with pytest.raises(PermanentDeliveryError):
+            SmtpChannel("127.0.0.1", controller.port, FROM, "relay", "wrong").send(
+                message(EMAIL, "a@example.org")
+            )
+    finally:
+        controller.stop()
+
+
+# --- the SMS file sink, shared by processes ----------------------------------------------------
+
+
+def sms(key: str) -> Message:
+    return Message("+372 5555 0000", SMS, "", f"text for {key}", "et", key)
+
+
+def _send_from_another_process(path: str, keys: list[str], start: Any) -> None:
+    sink = FileSinkSms(Path(path))
+    start.wait()
+    for key in keys:
+        sink.send(sms(key))
+
+
+def lines_of(path: Path) -> list[dict[str, Any]]:
+    """The records of the sink; a torn line (not JSON) is not a record."""
+    records = []
+    for line in path.read_text("utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def test_two_processes_writing_at_once_lose_nothing_and_never_duplicate_a_key(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "sms.jsonl"
+    shared = [f"evt-{i}/notify_family:x:origin" for i in range(300)]
+    only_a, only_b = [f"a-{i}" for i in range(100)], [f"b-{i}" for i in range(100)]
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    writers = [
+        context.Process(target=_send_from_another_process, args=(str(path), keys, start))
+        for keys in (shared + only_a, list(reversed(shared)) + only_b)
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+        assert writer.exitcode == 0
+    keys = [line["idempotency_key"] for line in lines_of(path)]
+    assert len(keys) == len(set(keys))
+    assert set(keys) == set(shared + only_a + only_b)
+    assert len(path.read_text("utf-8").splitlines()) == len(keys)  # no torn or merged lines
+
+
+def test_a_key_already_in_the_sink_is_skipped_even_by_a_restarted_worker(tmp_path: Path) -> None:
+    path = tmp_path / "sms.jsonl"
+    FileSinkSms(path).send(sms("evt-1/a"))
+    restarted = FileSinkSms(path, clock=FixedClock())
+    restarted.send(sms("evt-1/a"))
+    restarted.send(sms("evt-2/a"))
+    restarted.send(sms("evt-2/a"))
+    assert [line["idempotency_key"] for line in lines_of(path)] == ["evt-1/a", "evt-2/a"]
+    assert lines_of(path)[1]["sent_at"] == FixedClock().now().isoformat()
+
+
+def test_a_line_torn_by_a_dead_writer_neither_counts_as_sent_nor_corrupts_the_next(tmp_path: Path) -> None:
+    path = tmp_path / "sms.jsonl"
+    FileSinkSms(path).send(sms("evt-1/a"))
+    with path.open("a", encoding="utf-8") as torn:
+        torn.write('{"idempotency_key": "evt-2/a", "to"')
+    FileSinkSms(path).send(sms("evt-2/a"))
+    assert [line["idempotency_key"] for line in lines_of(path)] == ["evt-1/a", "evt-2/a"]
+    assert len(path.read_text("utf-8").splitlines()) == 3  # the torn line stands apart
+
+
+# --- webhooks and the HTTP SMS gateway against a real HTTP receiver ----------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    url: str = ""
+    requests: list[Received] = field(default_factory=list)
+    replies: list[tuple[int, dict[str, str], float]] = field(default_factory=list)  # status, headers, delay
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        receiver: Receiver = self.server.receiver  # type: ignore[attr-defined]
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        receiver.requests.append(Received(self.path, dict(self.headers.items()), body))
+        status, headers, delay = receiver.replies.pop(0) if receiver.replies else (204, {}, 0.0)
+        time.sleep(delay)
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": "0"}.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    server.receiver = Receiver(url=f"http://127.0.0.1:{server.server_port}/inbound")  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server.receiver  # type: ignore[attr-defined]
+    server.shutdown()
+    server.server_close()
+
+
+PACKAGE = json.dumps({"case_id": "c-1", "destination_office": "kyiv", "members": 4})
+
+
+def handover(url: str) -> Message:
+    key = idempotency_key("evt-9", "deliver_handover:handover_package:destination")
+    return Message(url, WEBHOOK, "handover_package", PACKAGE, "en", key)
+
+
+def test_a_webhook_arrives_signed_and_its_signature_verifies(receiver: Receiver) -> None:
+    clock = FixedClock()
+    WebhookChannel(SECRET, timeout=5, clock=clock).send(handover(receiver.url))
+    [got] = receiver.requests
+    assert got.path == "/inbound" and json.loads(got.body) == json.loads(PACKAGE)
+    assert got.headers["Idempotency-Key"] == "evt-9/deliver_handover:handover_package:destination"
+    assert got.headers["X-AVRR-Event"] == "handover_package"
+    assert got.headers["Content-Type"] == "application/json"
+    assert got.headers["X-AVRR-Signature"].startswith("v1=")
+    timestamp, signature = got.headers["X-AVRR-Timestamp"], got.headers["X-AVRR-Signature"]
+    verify_signature(SECRET, timestamp, got.body, signature, clock.now() + timedelta(seconds=2))
+    with pytest.raises(SignatureMismatch):
+        verify_signature(SECRET, timestamp, got.body.replace(b"c-1", b"c-2"), signature, clock.now())
+    with pytest.raises(StaleSignature):
+        verify_signature(SECRET, timestamp, got.body, signature, clock.now() + timedelta(minutes=6))
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (503, TransientDeliveryError),
+        (500, TransientDeliveryError),
+        (429, TransientDeliveryError),
+        (408, TransientDeliveryError),
+        (400, PermanentDeliveryError),
+        (401, PermanentDeliveryError),
+        (404, PermanentDeliveryError),
+        (302, PermanentDeliveryError),
+    ],
+)
+def test_webhook_statuses_map_to_transient_or_permanent(
+    receiver: Receiver, status: int, error: type[Exception]
+) -> None:
+    receiver.replies.append((status, {"Location": "http://elsewhere.example/"}, 0.0))
+    with pytest.raises(error):
+        WebhookChannel(SECRET, timeout=5).send(handover(receiver.url))
+    assert len(receiver.requests) == 1  # a redirect is not followed
+
+
+def test_a_503_with_retry_after_tells_the_caller_how_long_to_wait(receiver: Receiver) -> None:
+    receiver.replies.append((503, {"Retry-After": "7"}, 0.0))
+    with pytest.raises(TransientDeliveryError) as busy:
+        WebhookChannel(SECRET, timeout=5).send(handover(receiver.url))
+    assert busy.value.retry_after == 7
+
+
+def test_a_slow_receiver_times_out_as_transient(receiver: Receiver) -> None:
+    receiver.replies.append((204, {}, 1.5))
+    with pytest.raises(TransientDeliveryError):
+        WebhookChannel(SECRET, timeout=0.3).send(handover(receiver.url))
+
+
+def test_no_receiver_is_transient_and_a_bad_body_or_url_is_permanent(receiver: Receiver) -> None:
+    with pytest.raises(TransientDeliveryError):
+        WebhookChannel(SECRET, timeout=2).send(handover(f"http://127.0.0.1:{free_port()}/inbound"))
+    with pytest.raises(PermanentDeliveryError):
+        WebhookChannel(SECRET).send(Message(receiver.url, WEBHOOK, "x", "not json", "en", "k"))
+    with pytest.raises(PermanentDeliveryError):
+        WebhookChannel(SECRET).send(handover("ftp://127.0.0.1/inbound"))
+    assert receiver.requests == []
+
+
+def test_the_http_sms_gateway_posts_the_message_with_its_idempotency_key(receiver: Receiver) -> None:
+    receiver.replies.append((202, {}, 0.0))
+    sent = message(SMS, "+380 44 000 0000")
+    HttpSmsGateway(receiver.url, token="gw-token", sender="IOM", timeout=5).send(sent)
+    [got] = receiver.requests
+    assert json.loads(got.body) == {
+        "to": "+380 44 000 0000",
+        "text": sent.body,
+        "language": "uk",
+        "reference": sent.idempotency_key,
+        "from": "IOM",
+    }
+    assert got.headers["Idempotency-Key"] == sent.idempotency_key
+    assert got.headers["Authorization"] == "Bearer gw-token"
+
+
+@pytest.mark.parametrize(("status", "error"), [(502, TransientDeliveryError), (422, PermanentDeliveryError)])
+def test_the_http_sms_gateway_maps_failures(receiver: Receiver, status: int, error: type[Exception]) -> None:
+    receiver.replies.append((status, {}, 0.0))
+    with pytest.raises(error):
+        HttpSmsGateway(receiver.url, timeout=5).send(message(SMS, "+380 44 000 0000"))
