@@ -151,12 +151,19 @@ class Call:
         return json.dumps(body, sort_keys=True, default=str)
 
 
+def visible(actor: Actor, origin: str, destination: str) -> bool:
+    """Staff see their office's cases; the office-less timers see every case."""
+    if actor.office is None:
+        return Role.SYSTEM in actor.roles
+    return actor.office in (origin, destination)
+
+
 def may_fire(t: Transition, actor: Actor, origin: str, destination: str) -> bool:
     """The permission rule, written out independently of the engine's."""
     if not actor.roles & t.roles:
         return False
-    if Role.SYSTEM in actor.roles and Role.SYSTEM in t.roles:
-        return True
+    if actor.office is None:  # the timers fire only what is the system's alone
+        return Role.SYSTEM in actor.roles and t.roles == {Role.SYSTEM}
     if t.trigger == REGISTER:
         return actor.office == origin
     return actor.office in {destination if side == DESTINATION else origin for side in t.sides}
@@ -604,17 +611,19 @@ class EngineMachine(RuleBasedStateMachine):
         if call.case_id is None:
             return set()
         model = self.cases.get(call.case_id)
-        if model is None:
+        # In the engine's order: nothing about a case leaks before the caller may act on it.
+        if model is None or not visible(call.actor, model.origin, model.destination):
             return {UnknownCase}
-        reasons: set[type[DomainError]] = set()
-        if call.expected_version is not None and call.expected_version != model.version:
-            reasons.add(VersionConflict)
         transition = LIFECYCLE.by_trigger.get(call.trigger)
         if transition is None:
-            reasons.add(UnknownTrigger)
-        elif model.state not in transition.sources:
-            reasons.add(TransitionNotAllowed)
-        return reasons
+            return {UnknownTrigger}
+        if not may_fire(transition, call.actor, model.origin, model.destination):
+            return {PermissionDenied}
+        if call.expected_version is not None and call.expected_version != model.version:
+            return {VersionConflict}
+        if model.state not in transition.sources:
+            return {TransitionNotAllowed}
+        return set()
 
     def _check_refusal(self, call: Call, exc: DomainError, prior: tuple[str, FireResult] | None) -> None:
         if prior is not None and prior[0] != call.signature():
@@ -626,7 +635,9 @@ class EngineMachine(RuleBasedStateMachine):
         if reasons:
             assert type(exc) in reasons, f"{call}: {exc!r}, expected one of {reasons}"
         else:
-            others = (InvalidPayload, PermissionDenied, GuardFailed, BudgetExceeded)
+            others: tuple[type[DomainError], ...] = (InvalidPayload, GuardFailed, BudgetExceeded)
+            if call.case_id is None:  # registration: the office comes from the payload
+                others = (*others, PermissionDenied)
             assert isinstance(exc, others), f"{call}: unexpected {exc!r}"
 
     def _check_commit(self, call: Call, result: FireResult) -> None:

@@ -88,12 +88,17 @@ def test_each_fire_appends_one_history_row_and_its_events(app: App) -> None:
 REFUSALS: list[tuple[str, dict[str, Any], type[DomainError]]] = [
     ("unknown case", {"case_id": "no-such-case", "trigger": "submit_application"}, UnknownCase),
     ("unknown trigger", {"trigger": "teleport"}, UnknownTrigger),
-    ("not from this state", {"trigger": "confirm_departure"}, TransitionNotAllowed),
+    ("not from this state", {"trigger": "confirm_departure", "actor": TLL_TRAVEL}, TransitionNotAllowed),
     ("guard failed", {"trigger": "submit_application"}, GuardFailed),
     ("wrong role", {"trigger": "record_eligibility", "actor": TLL_APPROVER}, PermissionDenied),
     (
-        "other office",
+        "another office's case is unknown to it",
         {"trigger": "record_eligibility", "actor": Actor.of("riga-cw", "riga", Role.CASEWORKER)},
+        UnknownCase,
+    ),
+    (
+        "the right office without the role",
+        {"trigger": "approve_return", "actor": TLL_CASEWORKER, "expected_version": 0},
         PermissionDenied,
     ),
     ("stale version", {"trigger": "record_eligibility", "expected_version": 0}, VersionConflict),
@@ -128,8 +133,12 @@ def test_a_refused_fire_raises_its_own_error_and_changes_no_row(
 def test_transition_not_allowed_names_the_triggers_that_are(app: App) -> None:
     case_id = register(app).case_id
     with pytest.raises(TransitionNotAllowed) as raised:
+        app.transitions.fire(case_id, "send_handover", TLL_CASEWORKER, {})
+    # The caseworker's own options: what other roles could do is not theirs to learn.
+    assert set(raised.value.allowed) == {"record_eligibility", "submit_application", "withdraw"}
+    with pytest.raises(TransitionNotAllowed) as raised:
         app.transitions.fire(case_id, "book_travel", TLL_TRAVEL, {})
-    assert set(raised.value.allowed) == set(LIFECYCLE.allowed_triggers("inquiry"))
+    assert raised.value.allowed == ()  # nothing in inquiry is the travel officer's
 
 
 def test_guard_failure_reports_every_reason(app: App) -> None:

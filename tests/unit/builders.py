@@ -148,8 +148,8 @@ def case_in(state: str, parts: Iterable[str] = ("members", "plan"), version: int
 
 def actor_for(t: Transition, role: Role, office: str | None = None) -> Actor:
     """An actor holding ``role`` in an office on the transition's first side (or in ``office``)."""
-    if role is Role.SYSTEM:
-        return SYSTEM_ACTOR
+    if role is Role.SYSTEM and t.roles == {Role.SYSTEM}:
+        return SYSTEM_ACTOR  # the office-less timers
     office = office or OFFICE_ON[t.sides[0]]
     return Actor.of(f"{role.value}@{office}", office, role)
 

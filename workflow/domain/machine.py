@@ -77,13 +77,21 @@ class LifecycleMachine:
         except KeyError:
             raise UnknownTrigger(trigger, list(self.lifecycle.by_trigger)) from None
 
+    def permit(self, case: Case, trigger: str, actor: Actor, registering_office: str | None) -> Transition:
+        """Role and office first: a caller learns nothing about a case it may not act on."""
+        t = self.transition(trigger)
+        if not may_fire(t, case, actor, registering_office):
+            raise PermissionDenied(f"{actor.id} may not {trigger} on this case")
+        return t
+
+    def require_state(self, case: Case, t: Transition, actor: Actor) -> None:
+        if case.state not in t.sources:
+            raise TransitionNotAllowed(t.trigger, case.state, self.triggers_for(case, actor))
+
     def check(self, case: Case, trigger: str, payload: Any, ctx: FireContext) -> Transition:
         """Every refusal a fire can meet, in the order a caller should learn of them."""
-        t = self.transition(trigger)
-        if case.state not in t.sources:
-            raise TransitionNotAllowed(trigger, case.state, self.lifecycle.allowed_triggers(case.state))
-        if not may_fire(t, case, ctx.actor, payload):
-            raise PermissionDenied(f"{ctx.actor.id} may not {trigger} on this case")
+        t = self.permit(case, trigger, ctx.actor, getattr(payload, "origin_office", None))
+        self.require_state(case, t, ctx.actor)
         reasons = [reason for guard in t.guards for reason in guard(case, payload, ctx)]
         if reasons:
             raise GuardFailed(trigger, reasons)
@@ -108,7 +116,7 @@ class LifecycleMachine:
         return tuple(
             trigger
             for trigger in self.lifecycle.allowed_triggers(case.state)
-            if may_fire(self.lifecycle.by_trigger[trigger], case, actor, None)
+            if may_fire(self.lifecycle.by_trigger[trigger], case, actor)
         )
 
     def _rearm_timers(self, case: Case, t: Transition, source: str, ctx: FireContext) -> None:
@@ -125,14 +133,21 @@ class LifecycleMachine:
         case.changes.extend(changes)
 
 
-def may_fire(t: Transition, case: Case, actor: Actor, payload: Any) -> bool:
+def can_see(case: Case, actor: Actor) -> bool:
+    """Staff see their office's cases and those handed to or from it; the timers see all."""
+    if actor.office is None:
+        return Role.SYSTEM in actor.roles
+    return case.is_new or actor.office in (case.origin_office, case.destination_office)
+
+
+def may_fire(t: Transition, case: Case, actor: Actor, registering_office: str | None = None) -> bool:
     """Role named by the lifecycle, from an office on the side the transition belongs to."""
     if not actor.roles & t.roles:
         return False
-    if Role.SYSTEM in actor.roles and Role.SYSTEM in t.roles:
-        return True
+    if actor.office is None:  # the timers: only what the lifecycle gives to the system alone
+        return Role.SYSTEM in actor.roles and t.roles == {Role.SYSTEM}
     if case.is_new:  # registration: the office is the one the case is being opened in
-        return payload is None or getattr(payload, "origin_office", None) == actor.office
+        return registering_office is None or registering_office == actor.office
     offices = {case.destination_office if side == DESTINATION else case.origin_office for side in t.sides}
     return actor.office in offices
 

@@ -16,12 +16,11 @@ from workflow.domain.errors import (
     DomainError,
     IdempotencyKeyReused,
     InvalidPayload,
-    TransitionNotAllowed,
     UnknownCase,
     VersionConflict,
 )
 from workflow.domain.lifecycle import LIFECYCLE
-from workflow.domain.machine import Fired, machine_for
+from workflow.domain.machine import Fired, can_see, machine_for
 from workflow.domain.payloads import public_view
 from workflow.domain.programme import FireContext, Programme
 from workflow.service_layer.payloads import parse_payload
@@ -163,18 +162,18 @@ class TransitionService:
         if request.case_id is None:
             return Case.new(LIFECYCLE.version)
         case = uow.cases.get(request.case_id)
-        if case is None:
+        # Another office's case answers as unknown, so ids cannot be probed.
+        if case is None or not can_see(case, request.actor):
             raise UnknownCase(request.case_id)
-        if request.expected_version is not None and request.expected_version != case.version:
-            raise VersionConflict(case.id, request.expected_version, case.version)
         return case
 
     def _apply(self, uow: UnitOfWork, case: Case, request: _Request, ctx: FireContext) -> Fired:
         machine = machine_for(case.lifecycle_version)
-        transition = machine.transition(request.trigger)
-        if case.state not in transition.sources:
-            allowed = machine.lifecycle.allowed_triggers(case.state)
-            raise TransitionNotAllowed(request.trigger, case.state, allowed)
+        raw = request.payload if isinstance(request.payload, Mapping) else {}
+        transition = machine.permit(case, request.trigger, request.actor, raw.get("origin_office"))
+        if request.expected_version is not None and request.expected_version != case.version:
+            raise VersionConflict(case.id, request.expected_version, case.version)
+        machine.require_state(case, transition, request.actor)
         payload = parse_payload(transition.payload, request.payload)
         if case.is_new:
             for office in (payload.origin_office, payload.destination_office):
