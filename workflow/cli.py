@@ -17,7 +17,7 @@ from config.settings import get_settings
 from workflow.bootstrap import App, bootstrap
 from workflow.domain import diagram
 from workflow.domain.actors import Actor, Role
-from workflow.domain.errors import ALL_ERRORS, DomainError
+from workflow.domain.errors import ALL_ERRORS, DomainError, InvalidPayload
 from workflow.domain.lifecycle import LIFECYCLE
 
 app = typer.Typer(help="avrr-workflow: the AVRR case lifecycle engine.", no_args_is_help=True)
@@ -31,6 +31,7 @@ for sub, name in ((db_app, "db"), (case_app, "case"), (lifecycle_app, "lifecycle
 # One exit code per domain error, so scripts can tell refusals apart (documented in README).
 EXIT_CODES = {error: 10 + i for i, error in enumerate(ALL_ERRORS)}
 
+_REQUEST_ID = f"cli-{uuid.uuid4()}"
 ActorOpt = Annotated[str, typer.Option("--actor", help="id of the person or client firing")]
 OfficeOpt = Annotated[str, typer.Option("--office", help="the actor's office code")]
 RolesOpt = Annotated[list[Role], typer.Option("--role", help="the actor's role (repeatable)")]
@@ -46,7 +47,7 @@ def _main() -> None:
             typer.echo(f"error: settings: {error['msg'].removeprefix('Value error, ')}", err=True)
         raise typer.Exit(2) from None
     configure_logging(json=settings.json_logs, level=settings.log_level)
-    structlog.contextvars.bind_contextvars(request_id=f"cli-{uuid.uuid4()}")
+    structlog.contextvars.bind_contextvars(request_id=_REQUEST_ID)
 
 
 def _app() -> App:
@@ -66,7 +67,7 @@ def _payload(raw: str) -> dict[str, Any]:
         value = json.loads(text or "{}")
     except json.JSONDecodeError as exc:
         typer.echo(f"error: invalid_payload: not JSON ({exc.msg})", err=True)
-        raise typer.Exit(EXIT_CODES[ALL_ERRORS[6]]) from None
+        raise typer.Exit(EXIT_CODES[InvalidPayload]) from None
     return value  # type: ignore[no-any-return]
 
 
@@ -103,7 +104,10 @@ def case_create(
     """Register an inquiry with its household (payload: offices, language, members)."""
     try:
         result = _app().transitions.create_case(
-            Actor(actor, office, frozenset(role)), _payload(payload), idempotency_key=idempotency_key
+            Actor(actor, office, frozenset(role)),
+            _payload(payload),
+            idempotency_key=idempotency_key,
+            request_id=_REQUEST_ID,
         )
     except DomainError as error:
         _fail(error)
@@ -130,6 +134,7 @@ def case_fire(
             _payload(payload),
             expected_version=expected_version,
             idempotency_key=idempotency_key,
+            request_id=_REQUEST_ID,
         )
     except DomainError as error:
         _fail(error)

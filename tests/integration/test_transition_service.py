@@ -287,3 +287,63 @@ def test_a_payload_with_non_string_keys_is_invalid_even_with_an_idempotency_key(
         app.transitions.fire(
             case_id, "withdraw", TLL_CASEWORKER, {1: "x", "reason": "r"}, idempotency_key="odd-keys"
         )
+
+
+def test_free_text_and_legal_status_stay_out_of_history_payloads(app: App) -> None:
+    case_id = register(app).case_id
+    app.transitions.fire(
+        case_id, "record_eligibility", TLL_CASEWORKER, ELIGIBLE | {"asylum_status": "withdrawn"}
+    )
+    note = "Olena Kovalenko +380 44 123 4567 is ill"
+    app.transitions.fire(case_id, "withdraw", TLL_CASEWORKER, {"reason": note})
+
+    history = _rows(app, tb.case_history, case_id)
+    assert history[-1]["reason"] == note  # once, in its own column, for the staff who read it
+    assert note not in str([h["payload"] for h in history])
+    assert "withdrawn" not in str(history[1]["payload"]) and "asylum" not in str(history[1]["payload"])
+    assert note not in str(_rows(app, tb.outbox, case_id))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"members": [{**HOUSEHOLD[0], "full_name": "x" * 201}, *HOUSEHOLD[1:]]},
+        {"channel": "walk_in", "idempotency_key": "k" * 201},
+        {"actor": Actor.of("a" * 121, "tallinn", Role.CASEWORKER)},
+    ],
+    ids=["long name", "long key", "long actor id"],
+)
+def test_values_wider_than_their_columns_are_invalid_on_every_backend(
+    app: App, change: dict[str, Any]
+) -> None:
+    change = dict(change)  # the parameter is shared by both databases' runs
+    actor = change.pop("actor", TLL_CASEWORKER)
+    key = change.pop("idempotency_key", None)
+    before = snapshot_tables(app.db)
+    with pytest.raises(InvalidPayload):
+        app.transitions.create_case(actor, {**REGISTRATION, **change}, idempotency_key=key)
+    assert snapshot_tables(app.db) == before
+
+
+def test_times_are_stored_and_read_back_as_the_same_instant_in_utc(app: App, clock: Any) -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    clock.current = datetime(2026, 11, 28, 11, 0, tzinfo=timezone(timedelta(hours=2)))
+    case_id = register(app).case_id
+
+    (entry,) = app.views.history(case_id)
+    assert datetime.fromisoformat(entry["occurred_at"]) == datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+    assert datetime.fromisoformat(entry["occurred_at"]).utcoffset() == timedelta(0)
+
+
+def test_the_request_id_is_kept_in_history(app: App) -> None:
+    result = app.transitions.create_case(TLL_CASEWORKER, REGISTRATION, request_id="req-42")
+    assert _rows(app, tb.case_history, result.case_id)[0]["request_id"] == "req-42"
+
+
+def test_a_replay_does_not_answer_a_caller_who_lost_the_role(app: App) -> None:
+    case_id = register(app).case_id
+    app.transitions.fire(case_id, "record_eligibility", TLL_CASEWORKER, ELIGIBLE, idempotency_key="k-r")
+    demoted = Actor(TLL_CASEWORKER.id, "tallinn", frozenset())
+    with pytest.raises(IdempotencyKeyReused):
+        app.transitions.fire(case_id, "record_eligibility", demoted, ELIGIBLE, idempotency_key="k-r")

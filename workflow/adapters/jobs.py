@@ -9,6 +9,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, and_, insert, select, 
 from sqlalchemy.exc import IntegrityError
 
 from workflow.adapters import tables as tb
+from workflow.adapters.db import writing
 from workflow.domain.effects import Effect
 from workflow.domain.lifecycle import DESTINATION
 from workflow.service_layer.effects import Job
@@ -25,7 +26,7 @@ class SqlJobStore:
         self._db = db
 
     def start(self, job: Job, now: datetime) -> tuple[str, int]:
-        with self._db.begin() as conn:
+        with writing(self._db) as conn:
             row = conn.execute(select(j.status, j.attempts).where(_key(job)).with_for_update()).first()
             if row is None:
                 try:
@@ -51,7 +52,7 @@ class SqlJobStore:
             return row.status, row.attempts + 1
 
     def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
-        with self._db.begin() as conn:
+        with writing(self._db) as conn:
             case = conn.execute(
                 select(tb.cases.c.origin_office, tb.cases.c.destination_office).where(
                     tb.cases.c.id == job.case_id
@@ -75,7 +76,7 @@ class SqlJobStore:
             self._finish(conn, job, "done", None, now)
 
     def finish(self, job: Job, status: str, error: str | None, now: datetime) -> None:
-        with self._db.begin() as conn:
+        with writing(self._db) as conn:
             self._finish(conn, job, status, error, now)
 
     @staticmethod

@@ -10,6 +10,7 @@ import structlog
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from workflow.adapters import tables as tb
+from workflow.adapters.db import writing
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +41,7 @@ class OutboxRelay:
     def relay_once(self) -> int:
         """Publishes one batch and marks it sent in the same transaction; a failed publish
         rolls back and the rows wait for the next round."""
-        with self._db.begin() as conn:
+        with writing(self._db) as conn:
             rows = [OutboxMessage(*row) for row in conn.execute(self._claim)]
             batch = _first_unsent_per_case(conn, rows)
             if not batch:

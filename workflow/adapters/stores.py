@@ -45,6 +45,8 @@ class SqlOutbox:
         self._conn = conn
 
     def add(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
         self._conn.execute(
             _INSERT_OUTBOX,
             [
@@ -91,5 +93,7 @@ class SqlIdempotencyStore:
                     "created_at": now,
                 },
             )
-        except IntegrityError:
+        except IntegrityError as exc:
+            if "idempotency_keys" not in str(exc.orig):  # PostgreSQL and SQLite both name it
+                raise
             raise DuplicateIdempotencyKey(key) from None

@@ -7,6 +7,7 @@ from typing import Self
 
 from sqlalchemy import Connection, Engine, Transaction
 
+from workflow.adapters.db import WRITE_OPTION
 from workflow.adapters.repository import SqlCaseRepository
 from workflow.adapters.stores import SqlHistoryLog, SqlIdempotencyStore, SqlOutbox
 from workflow.service_layer.ports import CaseRepository, HistoryLog, IdempotencyStore, Outbox
@@ -24,7 +25,7 @@ class SqlUnitOfWork:
         self._tx: Transaction | None = None
 
     def __enter__(self) -> Self:
-        self._conn = self._engine.connect()
+        self._conn = self._engine.connect().execution_options(**{WRITE_OPTION: True})
         self._tx = self._conn.begin()
         self.cases = SqlCaseRepository(self._conn)
         self.history = SqlHistoryLog(self._conn)
@@ -42,11 +43,6 @@ class SqlUnitOfWork:
             if self._conn is not None:
                 self._conn.close()
             self._conn = self._tx = None
-
-    @property
-    def connection(self) -> Connection:
-        assert self._conn is not None, "unit of work not entered"
-        return self._conn
 
     def commit(self) -> None:
         assert self._tx is not None

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, insert, select
 
 from workflow.adapters import tables as tb
+from workflow.adapters.db import writing
 from workflow.adapters.repository import SqlCaseRepository, utc
 from workflow.adapters.stores import SqlHistoryLog
 from workflow.domain.errors import UnknownCase
@@ -106,7 +107,7 @@ class CaseViews:
 
 def ensure_office(db: Engine, code: str, name: str, country: str, webhook_url: str | None = None) -> bool:
     """Adds the office if it is not there yet; True when it was added."""
-    with db.begin() as conn:
+    with writing(db) as conn:
         if conn.scalar(select(tb.offices.c.code).where(tb.offices.c.code == code)):
             return False
         conn.execute(

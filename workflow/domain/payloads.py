@@ -5,6 +5,7 @@ Fields marked ``personal`` never reach history, events or logs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import date
 from decimal import Decimal
@@ -18,12 +19,22 @@ from workflow.domain.money import Money
 _STRICT: dict[str, Any] = {"extra": "forbid", "str_strip_whitespace": True}
 
 
+def free_text(default: Any = dataclasses.MISSING, max_length: int = 2000) -> Any:
+    """Typed by staff, so it may name people: kept in its own column, never copied into history
+    payloads or events."""
+    return field(default=default, metadata={"personal": True, "max_length": max_length})
+
+
 def personal() -> Any:
     return field(metadata={"personal": True})
 
 
-def personal_or_none() -> Any:
-    return field(default=None, metadata={"personal": True})
+def personal_default(default: Any) -> Any:
+    return field(default=default, metadata={"personal": True})
+
+
+def personal_or_none(max_length: int = 200) -> Any:
+    return field(default=None, metadata={"personal": True, "max_length": max_length})
 
 
 def _require(condition: bool, message: str) -> None:
@@ -49,7 +60,7 @@ class NoPayload:
 @dataclass(frozen=True)
 class Reason:
     __pydantic_config__ = _STRICT
-    reason: str
+    reason: str = free_text()
 
     def __post_init__(self) -> None:
         _require(bool(self.reason), "a reason is required")
@@ -61,8 +72,8 @@ class MemberIn:
     full_name: str = personal()
     date_of_birth: date = personal()  # noqa: RUF009
     relationship: Relationship = "other"
-    phone: str | None = personal_or_none()
-    email: str | None = personal_or_none()
+    phone: str | None = personal_or_none(max_length=40)
+    email: str | None = personal_or_none(max_length=254)
 
     def __post_init__(self) -> None:
         _require(bool(self.full_name), "full_name must not be empty")
@@ -88,10 +99,11 @@ class RegisterInquiry:
 class RecordEligibility:
     __pydantic_config__ = _STRICT
     nationality: str = personal()
-    expulsion_order: bool = False
+    # Legal status: kept on the case for the guards, never in history payloads.
+    expulsion_order: bool = personal_default(False)
     consent_signed_on: date | None = None
     travel_document: Literal["present", "requested", "missing"] = "missing"
-    asylum_status: Literal["none", "pending", "withdrawn", "closed"] = "none"
+    asylum_status: Literal["none", "pending", "withdrawn", "closed"] = personal_default("none")
     return_chosen_while_pending: bool = False
 
     def __post_init__(self) -> None:
@@ -124,7 +136,7 @@ class BudgetLineIn:
     member_id: str
     category: Category
     amount: Decimal
-    purpose: str = ""
+    purpose: str = free_text("", max_length=200)
 
     def __post_init__(self) -> None:
         _require(self.amount > 0, "a budget amount must be positive")
@@ -164,7 +176,7 @@ class RecordContribution:
     __pydantic_config__ = _STRICT
     amount: Decimal
     currency: str
-    purpose: str
+    purpose: str = free_text(max_length=200)
 
     def __post_init__(self) -> None:
         _require(self.amount > 0, "a contribution must be positive")
@@ -184,7 +196,7 @@ class RecordMonitoringVisit:
 class Close:
     __pydantic_config__ = _STRICT
     outcome: Literal["reintegrated", "partially_reintegrated", "not_reintegrated", "lost_contact"]
-    reason: str = ""
+    reason: str = free_text("")
 
 
 def public_view(payload: object) -> dict[str, Any]:

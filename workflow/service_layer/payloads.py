@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import fields, is_dataclass
 from functools import cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from workflow.domain.errors import InvalidPayload
+
+DEFAULT_MAX_LENGTH = 200
 
 
 @cache
@@ -28,7 +31,7 @@ def require_object(raw: object) -> Mapping[str, Any]:
 def parse_payload(shape: type, raw: Mapping[str, Any] | None) -> Any:
     raw = require_object(raw)
     try:
-        return _adapter(shape).validate_python(dict(raw))
+        parsed = _adapter(shape).validate_python(dict(raw))
     except ValidationError as exc:
         # Input values are left out: they may be personal data.
         errors = [
@@ -36,3 +39,21 @@ def parse_payload(shape: type, raw: Mapping[str, Any] | None) -> Any:
             for err in exc.errors(include_url=False, include_input=False, include_context=False)
         ]
         raise InvalidPayload(f"invalid payload for {shape.__name__}", errors) from None
+    too_long = list(_too_long(parsed))
+    if too_long:
+        raise InvalidPayload(f"invalid payload for {shape.__name__}", too_long)
+    return parsed
+
+
+def _too_long(value: Any, loc: str = "") -> Iterator[dict[str, object]]:
+    """Strings longer than their column (field metadata ``max_length``, else 200) are refused
+    here, so both databases answer alike instead of one truncating and one failing."""
+    for f in fields(value):
+        item = getattr(value, f.name)
+        where = f"{loc}{f.name}"
+        if isinstance(item, str) and len(item) > f.metadata.get("max_length", DEFAULT_MAX_LENGTH):
+            yield {"loc": where, "msg": "String is too long", "type": "string_too_long"}
+        elif isinstance(item, list):
+            for i, element in enumerate(item):
+                if is_dataclass(element):
+                    yield from _too_long(element, f"{where}.{i}.")

@@ -28,7 +28,8 @@ from workflow.service_layer.ports import Clock, DuplicateIdempotencyKey, History
 
 log = structlog.get_logger(__name__)
 
-REGISTER = "register_inquiry"
+REGISTER = next(t.trigger for t in LIFECYCLE.transitions if LIFECYCLE.initial in t.sources)
+MAX_ACTOR_ID, MAX_KEY = 120, 200  # the widths of their columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,8 @@ class _Request:
         body = {
             "case_id": self.case_id,
             "trigger": self.trigger,
-            "actor": self.actor.id,
+            # Roles and office too: a replay must not answer a caller who could not fire it.
+            "actor": [self.actor.id, self.actor.office, sorted(self.actor.roles)],
             "payload": self.payload,
             "expected_version": self.expected_version,
         }
@@ -105,7 +107,9 @@ class TransitionService:
         return self._run(request)
 
     def _run(self, request: _Request) -> FireResult:
-        with structlog.contextvars.bound_contextvars(case_id=request.case_id, trigger=request.trigger):
+        with structlog.contextvars.bound_contextvars(
+            case_id=request.case_id, trigger=request.trigger, request_id=request.request_id
+        ):
             try:
                 return self._run_deduplicated(request)
             except DomainError as error:
@@ -113,6 +117,8 @@ class TransitionService:
                 raise
 
     def _run_deduplicated(self, request: _Request) -> FireResult:
+        if len(request.actor.id) > MAX_ACTOR_ID or len(request.idempotency_key or "") > MAX_KEY:
+            raise InvalidPayload("the actor id or the idempotency key is too long")
         digest = request.digest() if request.idempotency_key else ""
         try:
             return self._run_once(request, digest)
@@ -205,14 +211,9 @@ def _history_entry(case: Case, fired: Fired, request: _Request, now: Any) -> His
         to_state=fired.to_state,
         actor_id=request.actor.id,
         actor_office=request.actor.office,
-        reason=_reason(request.payload),
+        reason=getattr(fired.payload, "reason", None) or None,
         payload=public_view(fired.payload),
         request_id=request.request_id,
         lifecycle_version=case.lifecycle_version,
         occurred_at=now,
     )
-
-
-def _reason(payload: Mapping[str, Any] | None) -> str | None:
-    reason = (payload or {}).get("reason")
-    return str(reason) if reason else None
