@@ -32,16 +32,22 @@ PERSONAL_KEYS = frozenset(
         "document_number",
         "passport_number",
         "passport",
+        "passport_id",
+        "national_id",
+        "personal_code",
+        "document_id",
         "address",
         "nationality",
         "notes",
         "members",
     }
 )
+_PERSONAL_SQUASHED = frozenset(k.replace("_", "") for k in PERSONAL_KEYS)  # fullName, DateOfBirth
 REDACTED = "[redacted]"
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 _PHONE = re.compile(r"(?<![\w-])\+?\d[\d ()-]{7,}\d(?![\w-])")
-_DATE = re.compile(r"\b(19|20)\d\d-[01]\d-[0-3]\d\b")  # ISO dates: dates of birth look like this
+# Dates (ISO and day.month.year): dates of birth look like this.
+_DATE = re.compile(r"\b(19|20)\d\d-[01]\d-[0-3]\d\b|\b[0-3]?\d[./][01]?\d[./](19|20)\d\d\b")
 _DOCUMENT = re.compile(r"\b[A-Z]{1,2}\d{6,9}\b")
 
 
@@ -51,14 +57,37 @@ def scrub_text(text: str) -> str:
     return text
 
 
-_SAFE_KEYS = frozenset({"timestamp", "level", "logger", "id"})
+# The engine's own identifiers: opaque, never personal. Anything else ending in "_id"
+# (passport_id, national_id) is scrubbed like any other value.
+_SAFE_KEYS = frozenset(
+    {
+        "timestamp",
+        "level",
+        "logger",
+        "id",
+        "case_id",
+        "event_id",
+        "request_id",
+        "actor_id",
+        "plan_id",
+        "member_id",
+        "budget_line_id",
+        "disbursement_id",
+        "task_id",
+        "timer_id",
+        "delivery_id",
+        "job_id",
+    }
+)
 _PLAIN = (Decimal, date, UUID, Enum)
 
 
 def _scrub_item(key: str, value: Any) -> Any:
-    if key in _SAFE_KEYS or key.endswith("_id"):
-        return value  # identifiers are opaque and never personal
-    return REDACTED if key in PERSONAL_KEYS else _scrub(value)
+    normal = key.lower().replace("-", "_")
+    if normal in _SAFE_KEYS:
+        return value
+    personal = normal in PERSONAL_KEYS or normal.replace("_", "") in _PERSONAL_SQUASHED
+    return REDACTED if personal else _scrub(value)
 
 
 def _scrub(value: Any) -> Any:

@@ -190,10 +190,16 @@ GUARD_SCENARIOS = [
         scenario(case_in("disbursing", plan=approved_plan(disbursed="0.01"))),
     ),
     (
-        g.has_monitoring_visit,
-        scenario(case_in("monitoring", last_visit_on=None)),
+        g.has_monitoring_visit_unless_contact_lost,
+        scenario(case_in("monitoring", last_visit_on=None), p.Close(outcome="reintegrated")),
         "no monitoring visit",
-        scenario(case_in("monitoring", last_visit_on=date(2027, 1, 5))),
+        scenario(case_in("monitoring", last_visit_on=date(2027, 1, 5)), p.Close(outcome="reintegrated")),
+    ),
+    (
+        g.has_monitoring_visit_unless_contact_lost,
+        scenario(case_in("monitoring", last_visit_on=None), p.Close(outcome="partially_reintegrated")),
+        "lost-contact",
+        scenario(case_in("monitoring", last_visit_on=None), p.Close(outcome="lost_contact")),
     ),
 ]
 

@@ -163,3 +163,19 @@ def test_console_logs_carry_no_personal_data_either(capsys, restore_logging):
     assert CASE_ID in output
     for secret in (NAME, *PERSONAL_TEXT.values()):
         assert secret not in output
+
+
+def test_id_like_keys_outside_the_engines_own_are_scrubbed():
+    event = redact(event="x", passport_id="38001085718", national_id="EE38001085718", case_id="c-1")
+    assert event["passport_id"] == event["national_id"] == "[redacted]"
+    assert event["case_id"] == "c-1"
+
+
+def test_personal_keys_are_recognised_in_any_case_or_spelling():
+    event = redact(event="x", fullName="Olena K", DateOfBirth="1987-03-14", EMAIL="o@example.org")
+    assert {event["fullName"], event["DateOfBirth"], event["EMAIL"]} == {"[redacted]"}
+
+
+def test_day_month_year_dates_are_scrubbed_from_free_text():
+    assert "14.03.1987" not in redact(event="born 14.03.1987, arrived 2/5/2024")["event"]
+    assert "2/5/2024" not in redact(event="born 14.03.1987, arrived 2/5/2024")["event"]

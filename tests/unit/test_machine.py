@@ -239,3 +239,20 @@ def test_the_seed_familys_story_runs_in_memory_from_registration_to_closure():
     assert case.version == len(STEPS) + 1
     assert case.owner_office == "kyiv"
     assert case.outcome == "reintegrated"
+
+
+def test_the_returnee_contact_deadline_counts_from_arrival_not_from_the_handover():
+    from datetime import date
+
+    from workflow.domain.changes import TimerStarted
+
+    case = case_in("handover_pending", arrived_on=date(2026, 11, 1))
+    machine().fire(
+        case,
+        "accept_handover",
+        payload_for(LIFECYCLE.by_trigger["accept_handover"]),
+        ctx(actor_for(LIFECYCLE.by_trigger["accept_handover"], Role.CASEWORKER)),
+    )
+    (started,) = [c.timer for c in case.changes if isinstance(c, TimerStarted)]
+    assert started.name == "returnee_contact"
+    assert started.due_at.date() == date(2026, 11, 1) + PROGRAMME.returnee_contact_period

@@ -14,3 +14,14 @@ def test_readme_diagram_is_the_generated_diagram() -> None:
     text = README.read_text()
     block = text.split("```mermaid\n", 1)[1].split("```", 1)[0]
     assert block == mermaid(LIFECYCLE)
+
+
+def test_readme_exit_code_table_matches_the_cli() -> None:
+    from workflow.cli import EXIT_CODES
+
+    rows = {
+        line.split("|")[1].strip().strip("`"): int(line.split("|")[3].strip())
+        for line in README.read_text().splitlines()
+        if line.startswith("| `") and line.count("|") == 4
+    }
+    assert rows == {error.code: code for error, code in EXIT_CODES.items()}

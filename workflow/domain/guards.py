@@ -100,5 +100,7 @@ def has_disbursement(case: Case, payload: Any, ctx: FireContext) -> list[str]:
     return [] if case.plan and case.plan.disbursed_anything else ["nothing has been disbursed yet"]
 
 
-def has_monitoring_visit(case: Case, payload: Any, ctx: FireContext) -> list[str]:
-    return [] if case.last_visit_on else ["no monitoring visit has been recorded"]
+def has_monitoring_visit_unless_contact_lost(case: Case, payload: Any, ctx: FireContext) -> list[str]:
+    if case.last_visit_on or payload.outcome == "lost_contact":
+        return []
+    return ["no monitoring visit has been recorded (only a lost-contact closure needs none)"]

@@ -23,6 +23,7 @@ class Deadline:
     name: str
     fires: str
     period: str  # name of the Programme setting that holds its length
+    counted_from: str | None = None  # a date field of the case; else the time the state is entered
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +143,10 @@ STATES = (
     State(
         "handed_over",
         "handover",
-        deadlines=(Deadline("returnee_contact", "escalate_missed_contact", "returnee_contact_period"),),
+        # DOMAIN.md: three months counted from arrival, not from the handover.
+        deadlines=(
+            Deadline("returnee_contact", "escalate_missed_contact", "returnee_contact_period", "arrived_on"),
+        ),
     ),
     State("contact_overdue", "handover"),
     State("lapsed", "handover", final=True),
@@ -286,7 +290,14 @@ TRANSITIONS = (
         effect="record_returnee_contact",
     ),
     _t(
-        "lapse", "contact_overdue", "lapsed", [APPROVER], "CaseLapsed", sides=(DESTINATION,), payload=p.Reason
+        "lapse",
+        # The family stopped engaging: before the grants are paid out, the case may lapse.
+        ("contact_overdue", "reintegration_counselling", "plan_drafted", "plan_submitted", "plan_approved"),
+        "lapsed",
+        [APPROVER],
+        "CaseLapsed",
+        sides=(DESTINATION,),
+        payload=p.Reason,
     ),
     _t(
         "escalate_plan_drafting",
@@ -382,7 +393,7 @@ TRANSITIONS = (
         sides=(DESTINATION,),
         payload=p.Close,
         effect="close",
-        guards=(g.has_monitoring_visit,),
+        guards=(g.has_monitoring_visit_unless_contact_lost,),
     ),
 )
 

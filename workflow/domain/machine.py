@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, time
 from functools import cache
 from typing import Any
 
@@ -126,7 +127,9 @@ class LifecycleMachine:
         if source in self.lifecycle.by_state and self.lifecycle.by_state[source].deadlines:
             changes.append(TimersCancelled(source))
         for d in self.lifecycle.by_state[case.state].deadlines:
-            due_at = ctx.now + getattr(ctx.programme, d.period)
+            start = getattr(case, d.counted_from) if d.counted_from else None
+            base = datetime.combine(start, time(), UTC) if start else ctx.now
+            due_at = base + getattr(ctx.programme, d.period)
             changes.append(
                 TimerStarted(Timer(str(uuid.uuid4()), d.name, case.state, due_at, d.fires, ctx.now))
             )
