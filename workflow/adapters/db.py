@@ -23,6 +23,8 @@ def make_engine(url: str, pool_size: int = 10, pre_ping: bool = False, **kw: Any
     if parsed.get_backend_name() != "sqlite":
         return create_engine(
             url,
+            # UTC sessions: timestamps come back in UTC whatever the server's zone (see UtcDateTime).
+            connect_args={"options": "-c TimeZone=UTC"},
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_pre_ping=pre_ping,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -61,6 +62,14 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    # PostgreSQL sessions run in UTC (make_engine sets TimeZone) and psycopg keeps offsets:
+    # no per-value work there, which the hot path of every fire would otherwise pay.
+    def bind_processor(self, dialect: Dialect) -> Any:
+        return None if dialect.name == "postgresql" else super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        return None if dialect.name == "postgresql" else super().result_processor(dialect, coltype)
 
 
 Stamp = UtcDateTime()
