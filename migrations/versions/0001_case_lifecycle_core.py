@@ -153,6 +153,9 @@ def upgrade() -> None:
             batch_op.f("ix_cases_destination_office_state"), ["destination_office", "state"], unique=False
         )
         batch_op.create_index(
+            batch_op.f("ix_cases_origin_office_state"), ["origin_office", "state"], unique=False
+        )
+        batch_op.create_index(
             batch_op.f("ix_cases_owner_office_state"), ["owner_office", "state"], unique=False
         )
         batch_op.create_index(
@@ -393,6 +396,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_cases_updated_at"))
         batch_op.drop_index(batch_op.f("ix_cases_state_state_entered_at"))
         batch_op.drop_index(batch_op.f("ix_cases_owner_office_state"))
+        batch_op.drop_index(batch_op.f("ix_cases_origin_office_state"))
         batch_op.drop_index(batch_op.f("ix_cases_destination_office_state"))
 
     op.drop_table("cases")

@@ -116,6 +116,7 @@ cases = Table(
     Index(None, "owner_office", "state"),
     Index(None, "state", "state_entered_at"),
     Index(None, "destination_office", "state"),
+    Index(None, "origin_office", "state"),  # the cases an office handed over
     Index(None, "updated_at"),
 )
 

@@ -1,0 +1,176 @@
+"""Writes each kind of change a transition records, one function per change type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from workflow.adapters import tables as tb
+from workflow.domain import changes as ch
+from workflow.domain.errors import BudgetExceeded
+
+# The database refuses overspending: the increment is evaluated under the row lock.
+_SPEND = (
+    update(tb.budget_lines)
+    .where(tb.budget_lines.c.id == bindparam("_line"))
+    .values(disbursed_minor=tb.budget_lines.c.disbursed_minor + bindparam("_amount"))
+)
+
+
+def _members_added(conn: Connection, case_id: str, change: ch.MembersAdded) -> None:
+    conn.execute(
+        insert(tb.household_members),
+        [
+            {
+                "id": m.id,
+                "case_id": case_id,
+                "position": i,
+                "full_name": m.full_name,
+                "date_of_birth": m.date_of_birth,
+                "relationship": m.relationship,
+                "phone": m.phone,
+                "email": m.email,
+            }
+            for i, m in enumerate(change.members)
+        ],
+    )
+
+
+def _plan_drafted(conn: Connection, case_id: str, change: ch.PlanDrafted) -> None:
+    old = select(tb.plans.c.id).where(tb.plans.c.case_id == case_id).scalar_subquery()
+    conn.execute(delete(tb.budget_lines).where(tb.budget_lines.c.plan_id == old))
+    conn.execute(delete(tb.plans).where(tb.plans.c.case_id == case_id))
+    plan = change.plan
+    conn.execute(
+        insert(tb.plans),
+        {
+            "id": plan.id,
+            "case_id": case_id,
+            "currency": plan.currency,
+            "drafted_by": plan.drafted_by,
+            "drafted_at": plan.drafted_at,
+        },
+    )
+    conn.execute(
+        insert(tb.budget_lines),
+        [
+            {
+                "id": line.id,
+                "plan_id": plan.id,
+                "position": position,
+                "case_id": case_id,
+                "member_id": line.member_id,
+                "category": line.category,
+                "currency": line.allocated.currency,
+                "allocated_minor": line.allocated.to_minor(),
+                "disbursed_minor": 0,
+                "purpose": line.purpose,
+            }
+            for position, line in enumerate(plan.lines)
+        ],
+    )
+
+
+def _plan_approved(conn: Connection, case_id: str, change: ch.PlanApproved) -> None:
+    conn.execute(
+        update(tb.plans)
+        .where(tb.plans.c.id == change.plan_id)
+        .values(approved_by=change.approved_by, approved_at=change.approved_at)
+    )
+
+
+def _disbursed(conn: Connection, case_id: str, change: ch.Disbursed) -> None:
+    d = change.disbursement
+    try:
+        conn.execute(_SPEND, {"_line": d.budget_line_id, "_amount": d.amount.to_minor()})
+    except IntegrityError as exc:
+        if "within_allocation" in str(exc.orig):
+            raise BudgetExceeded("the disbursement would overspend the member's budget line") from None
+        raise
+    conn.execute(
+        insert(tb.disbursements),
+        {
+            "id": d.id,
+            "case_id": case_id,
+            "budget_line_id": d.budget_line_id,
+            "amount_minor": d.amount.to_minor(),
+            "currency": d.amount.currency,
+            "kind": d.kind,
+            "vendor": d.vendor,
+            "receipt_ref": d.receipt_ref,
+            "disbursed_by": d.disbursed_by,
+            "disbursed_at": d.disbursed_at,
+        },
+    )
+
+
+def _contribution(conn: Connection, case_id: str, change: ch.ContributionRecorded) -> None:
+    c = change.contribution
+    conn.execute(
+        insert(tb.contributions),
+        {
+            "id": c.id,
+            "case_id": case_id,
+            "amount_minor": c.amount.to_minor(),
+            "currency": c.amount.currency,
+            "purpose": c.purpose,
+            "recorded_by": c.recorded_by,
+            "recorded_at": c.recorded_at,
+        },
+    )
+
+
+def _visit(conn: Connection, case_id: str, change: ch.VisitRecorded) -> None:
+    v = change.visit
+    conn.execute(
+        insert(tb.monitoring_visits),
+        {
+            "id": v.id,
+            "case_id": case_id,
+            "visited_on": v.visited_on,
+            "kind": v.kind,
+            "plan_on_track": v.plan_on_track,
+            "notes": v.notes,
+            "recorded_by": v.recorded_by,
+        },
+    )
+
+
+def _timer_started(conn: Connection, case_id: str, change: ch.TimerStarted) -> None:
+    t = change.timer
+    conn.execute(
+        insert(tb.timers),
+        {
+            "id": t.id,
+            "case_id": case_id,
+            "name": t.name,
+            "state": t.state,
+            "due_at": t.due_at,
+            "fires_trigger": t.fires_trigger,
+            "status": "pending",
+            "created_at": t.created_at,
+        },
+    )
+
+
+def _timers_cancelled(conn: Connection, case_id: str, change: ch.TimersCancelled) -> None:
+    c = tb.timers.c
+    conn.execute(
+        update(tb.timers)
+        .where(c.case_id == case_id, c.state == change.state, c.status == "pending")
+        .values(status="cancelled")
+    )
+
+
+WRITERS: dict[type, Any] = {
+    ch.MembersAdded: _members_added,
+    ch.PlanDrafted: _plan_drafted,
+    ch.PlanApproved: _plan_approved,
+    ch.Disbursed: _disbursed,
+    ch.ContributionRecorded: _contribution,
+    ch.VisitRecorded: _visit,
+    ch.TimerStarted: _timer_started,
+    ch.TimersCancelled: _timers_cancelled,
+}
