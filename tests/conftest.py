@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from config.settings import Settings
-from tests.support import FixedClock, snapshot_tables
+from tests.support import FixedClock
 from workflow.adapters import tables as tb
 from workflow.adapters.db import make_engine
 from workflow.adapters.migrate import upgrade
@@ -117,16 +117,7 @@ def pg_app(pg_url: str, clock: FixedClock) -> Iterator[App]:
     app.db.dispose()
 
 
-@pytest.fixture
-def snapshot() -> object:
-    return snapshot_tables
-
-
 @pytest.fixture(scope="session")
 def worker_id(request: pytest.FixtureRequest) -> str:
     """pytest-xdist's worker id, or 'main' without xdist."""
     return getattr(request.config, "workerinput", {}).get("workerid", "main")
-
-
-def engine_of(app: App) -> Engine:
-    return app.db

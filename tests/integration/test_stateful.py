@@ -42,7 +42,6 @@ from sqlalchemy import Connection, func, select
 from tests.conftest import make_app
 from tests.support import REGISTRATION, FixedClock
 from workflow.adapters import tables as tb
-from workflow.adapters.repository import utc
 from workflow.bootstrap import App
 from workflow.demo import (
     HOUSEHOLD,
@@ -397,7 +396,7 @@ def check_case(conn: Connection, case_id: str, model: CaseModel) -> None:
         for row in reversed(history)
         if row["from_state"] != row["to_state"] or LIFECYCLE.by_trigger[row["trigger"]].restart_timers
     )
-    assert all(utc(created) == utc(armed) for _, _, created in timers), (timers, armed)
+    assert all(created == armed for _, _, created in timers), (timers, armed)
 
 
 def event_ids(conn: Connection, case_id: str, version: int) -> set[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, RowMapping, bindparam, exists, insert, select, update
@@ -46,11 +46,6 @@ _SELECT_CASE = select(tb.cases).where(tb.cases.c.id == bindparam("_id"))
 _UPDATE_CASE = update(tb.cases).where(
     tb.cases.c.id == bindparam("_id"), tb.cases.c.version == bindparam("_expected")
 )
-
-
-def utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything in the engine is UTC-aware."""
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class SqlCaseRepository:
@@ -117,7 +112,7 @@ class SqlCaseRepository:
             row["id"],
             row["currency"],
             row["drafted_by"],
-            utc(row["drafted_at"]),  # type: ignore[arg-type]
+            row["drafted_at"],
             [
                 BudgetLine(
                     r["id"],
@@ -130,7 +125,7 @@ class SqlCaseRepository:
                 for r in lines
             ],
             row["approved_by"],
-            utc(row["approved_at"]),
+            row["approved_at"],
         )
 
 
@@ -153,7 +148,7 @@ def _to_case(row: RowMapping) -> Case:
         channel=row["channel"],
         _state=row["state"],
         version=row["version"],
-        state_entered_at=utc(row["state_entered_at"]),
+        state_entered_at=row["state_entered_at"],
         **{
             name: row[name]
             for name in _PLAIN

@@ -10,7 +10,6 @@ from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from workflow.adapters import tables as tb
-from workflow.adapters.repository import utc
 from workflow.domain.events import Event
 from workflow.service_layer.ports import DuplicateIdempotencyKey, HistoryEntry, StoredResponse
 
@@ -37,7 +36,7 @@ class SqlHistoryLog:
             .where(h.case_id == case_id)
             .order_by(h.version)
         ).mappings()
-        return [HistoryEntry(**{**row, "occurred_at": utc(row["occurred_at"])}) for row in rows]
+        return [HistoryEntry(**row) for row in rows]
 
 
 class SqlOutbox:

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, insert, select
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
-from workflow.adapters.repository import SqlCaseRepository, utc
+from workflow.adapters.repository import SqlCaseRepository
 from workflow.adapters.stores import SqlHistoryLog
 from workflow.domain.errors import UnknownCase
 from workflow.domain.money import Money
@@ -73,7 +73,7 @@ class CaseViews:
                 "timers": [
                     {
                         "name": r["name"],
-                        "due_at": utc(r["due_at"]).isoformat(),  # type: ignore[union-attr]
+                        "due_at": r["due_at"].isoformat(),
                         "fires": r["fires_trigger"],
                     }
                     for r in timers

@@ -17,10 +17,6 @@ class HouseholdMember:
     phone: str | None = None
     email: str | None = None
 
-    @property
-    def is_principal(self) -> bool:
-        return self.relationship == "principal"
-
 
 @dataclass(frozen=True, slots=True)
 class Eligibility:
