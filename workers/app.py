@@ -22,7 +22,7 @@ def make_celery() -> Celery:
             Path(config["broker_transport_options"][key]).mkdir(parents=True, exist_ok=True)
     app = Celery("avrr")
     app.conf.update(config)
-    app.conf.imports = ("workers.tasks",)
+    app.conf.imports = ("workers.tasks", "workers.noop")
     return app
 
 
