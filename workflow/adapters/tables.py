@@ -80,7 +80,8 @@ offices = Table(
     Column("code", String(32), primary_key=True),
     Column("name", String(120), nullable=False),
     Column("country", String(2), nullable=False),
-    Column("webhook_url", String(500)),
+    Column("webhook_url", String(500)),  # another deployment's handover endpoint
+    Column("email", String(254)),  # where staff notices for this office go
 )
 
 cases = Table(
@@ -316,5 +317,37 @@ jobs = Table(
         "started_at",
         postgresql_where=text("status = 'dead'"),
         sqlite_where=text("status = 'dead'"),
+    ),
+)
+
+# One row per external send that went out (channel: email, sms, webhook, local): a retried
+# job skips the channels already done. The address is not stored, only that it was sent.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("event_id", Id, primary_key=True),
+    Column("effect", String(96), primary_key=True),
+    Column("channel", String(16), primary_key=True),
+    Column("delivered_at", Stamp, nullable=False),
+)
+
+# Jobs that spent their attempts: the error and the attempts, until ops replay them.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("event_id", Id, nullable=False),
+    Column("effect", String(96), nullable=False),
+    Column("case_id", Id, nullable=False, index=True),
+    Column("event_type", String(64), nullable=False),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("dead_at", Stamp, nullable=False),
+    Column("replayed_at", Stamp),
+    Index(
+        "ix_dead_letters_open",
+        "dead_at",
+        postgresql_where=text("replayed_at IS NULL"),
+        sqlite_where=text("replayed_at IS NULL"),
     ),
 )
