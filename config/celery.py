@@ -9,6 +9,9 @@ TASK_SOFT_TIME_LIMIT = 60
 TASK_TIME_LIMIT = 90
 # A job that killed its worker this many times is dead-lettered instead of redelivered again.
 MAX_ATTEMPTS = 5
+# A retry waits at most this long; it rides in Redis as an ETA message, so it must stay well
+# under the visibility timeout below, or Redis would hand it to a second worker as well.
+RETRY_BACKOFF_MAX = 120
 
 
 def celery_config(broker_url: str | None, data_dir: Path = Path("var")) -> dict[str, Any]:

@@ -24,6 +24,25 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     db_pre_ping: bool = False  # see workflow/adapters/db.py: make_engine
 
+    # Notifications: e-mail over SMTP, SMS through a gateway (a file sink unless a URL is set),
+    # handover packages as webhooks signed with the secret the two deployments share.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_from: str = "avrr@localhost"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    sms_gateway_url: str | None = None
+    sms_sink: str = "var/sms.jsonl"
+    # Needed only to hand cases to another deployment; without it such a handover dead-letters.
+    handover_secret: SecretStr | None = None
+
+    @property
+    def webhook_secret(self) -> str | None:
+        if self.handover_secret is not None:
+            return self.handover_secret.get_secret_value()
+        return DEV_SECRET if self.environment == "development" else None
+
     # Programme rules (DOMAIN.md): cash is off unless the programme turns it on.
     allow_cash: bool = False
     handover_ack_days: int = 5

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import Engine
 
 from config.settings import Settings, get_settings
+from workflow.adapters.channels.sms import FileSinkSms, HttpSmsGateway
+from workflow.adapters.channels.smtp import SmtpChannel
+from workflow.adapters.channels.webhook import WebhookChannel
 from workflow.adapters.clock import SystemClock
 from workflow.adapters.db import make_engine
+from workflow.adapters.jobs import SqlJobStore
+from workflow.adapters.notices import SqlFacts
+from workflow.adapters.templates import default_templates
 from workflow.adapters.unit_of_work import SqlUnitOfWork
 from workflow.adapters.views import CaseViews
 from workflow.domain.programme import Programme
+from workflow.service_layer.effects import EffectRunner
+from workflow.service_layer.notifications import EMAIL, SMS, WEBHOOK, Channel
 from workflow.service_layer.ports import Clock
 from workflow.service_layer.transitions import TransitionService
 
@@ -46,3 +55,36 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None, db: 
     )
     service = TransitionService(lambda: SqlUnitOfWork(db), programme_from(settings), clock or SystemClock())
     return App(db=db, transitions=service, views=CaseViews(db))
+
+
+def channels_from(settings: Settings) -> dict[str, Channel]:
+    """E-mail over SMTP, SMS through the gateway (a file sink by default), signed webhooks."""
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    channels: dict[str, Channel] = {
+        EMAIL: SmtpChannel(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_from,
+            settings.smtp_username,
+            password,
+            settings.smtp_starttls,
+        ),
+        SMS: HttpSmsGateway(settings.sms_gateway_url)
+        if settings.sms_gateway_url
+        else FileSinkSms(Path(settings.sms_sink)),
+    }
+    if settings.webhook_secret is not None:  # no secret: a handover to another deployment dead-letters
+        channels[WEBHOOK] = WebhookChannel(settings.webhook_secret)
+    return channels
+
+
+def effect_runner(db: Engine, max_attempts: int, settings: Settings | None = None) -> EffectRunner:
+    settings = settings or get_settings()
+    return EffectRunner(
+        lambda: SqlJobStore(db),
+        SystemClock(),
+        max_attempts,
+        facts=SqlFacts(db),
+        channels=channels_from(settings),
+        renderer=default_templates(),
+    )

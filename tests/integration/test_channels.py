@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import multiprocessing
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +15,8 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from tests import servers
+from tests.servers import Inbox, Receiver, free_port, http_receiver
 from tests.support import FixedClock
 from workflow.adapters.channels.sms import FileSinkSms, HttpSmsGateway
 from workflow.adapters.channels.smtp import SmtpChannel, message_id
@@ -44,12 +41,6 @@ FROM = "AVRR Tallinn <noreply@avrr.example.org>"
 SECRET = "shared-webhook-secret-of-enough-length"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def message(channel: str, recipient: str, key: str = "evt-1/notify_family:travel_booked:origin") -> Message:
     context = {"case_ref": "C-7F3A", "departure_on": "2026-12-03", "route": "TLL-WAW-KBP"}
     subject, body = render("family.travel_booked", "uk", context)
@@ -59,34 +50,10 @@ def message(channel: str, recipient: str, key: str = "evt-1/notify_family:travel
 # --- e-mail over a real SMTP server ------------------------------------------------------------
 
 
-class Inbox:
-    """An aiosmtpd handler that keeps what it accepts and can refuse recipients on demand."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[Any] = []
-        self.rcpt_reply: str | None = None
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        if self.rcpt_reply:
-            return self.rcpt_reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.envelopes.append(envelope)
-        return "250 Message accepted for delivery"
-
-    def received(self) -> list[email.message.EmailMessage]:
-        return [email.message_from_bytes(e.content, policy=email.policy.default) for e in self.envelopes]  # type: ignore[misc]
-
-
 @pytest.fixture(scope="module")
 def smtp_server() -> Iterator[tuple[Controller, Inbox]]:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    yield controller, inbox
-    controller.stop()
+    with servers.smtp_server() as running:
+        yield running
 
 
 @pytest.fixture
@@ -255,46 +222,10 @@ def test_a_line_torn_by_a_dead_writer_neither_counts_as_sent_nor_corrupts_the_ne
 # --- webhooks and the HTTP SMS gateway against a real HTTP receiver ----------------------------
 
 
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class Receiver:
-    url: str = ""
-    requests: list[Received] = field(default_factory=list)
-    replies: list[tuple[int, dict[str, str], float]] = field(default_factory=list)  # status, headers, delay
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        receiver: Receiver = self.server.receiver  # type: ignore[attr-defined]
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        receiver.requests.append(Received(self.path, dict(self.headers.items()), body))
-        status, headers, delay = receiver.replies.pop(0) if receiver.replies else (204, {}, 0.0)
-        time.sleep(delay)
-        self.send_response(status)
-        for name, value in {**headers, "Content-Length": "0"}.items():
-            self.send_header(name, value)
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    server.daemon_threads = True
-    server.receiver = Receiver(url=f"http://127.0.0.1:{server.server_port}/inbound")  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server.receiver  # type: ignore[attr-defined]
-    server.shutdown()
-    server.server_close()
+    with http_receiver() as running:
+        yield running
 
 
 PACKAGE = json.dumps({"case_id": "c-1", "destination_office": "kyiv", "members": 4})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, insert, select, update
@@ -75,12 +77,96 @@ class SqlJobStore:
             )
             self._finish(conn, job, "done", None, now)
 
+    def delivered(self, job: Job) -> frozenset[str]:
+        d = tb.deliveries.c
+        with self._db.connect() as conn:
+            query = select(d.channel).where(d.event_id == job.event_id, d.effect == job.effect)
+            return frozenset(conn.scalars(query))
+
+    def record_delivery(self, job: Job, channel: str, now: datetime) -> None:
+        with writing(self._db) as conn:
+            conn.execute(
+                insert(tb.deliveries),
+                {"event_id": job.event_id, "effect": job.effect, "channel": channel, "delivered_at": now},
+            )
+
     def finish(self, job: Job, status: str, error: str | None, now: datetime) -> None:
         with writing(self._db) as conn:
             self._finish(conn, job, status, error, now)
+
+    def dead_letter(self, job: Job, error: str, now: datetime) -> None:
+        with writing(self._db) as conn:
+            attempts = conn.execute(
+                update(tb.jobs)
+                .where(_key(job), j.status != "dead")
+                .values(status="dead", last_error=error, finished_at=now)
+                .returning(j.attempts)
+            ).scalar()
+            if attempts is None:
+                return  # already dead-lettered (or the job row is gone): file it once
+            conn.execute(
+                insert(tb.dead_letters),
+                {
+                    "event_id": job.event_id,
+                    "effect": job.effect,
+                    "case_id": job.case_id,
+                    "event_type": job.event_type,
+                    "error": error,
+                    "attempts": attempts,
+                    "dead_at": now,
+                },
+            )
 
     @staticmethod
     def _finish(conn: Connection, job: Job, status: str, error: str | None, now: datetime) -> None:
         conn.execute(
             update(tb.jobs).where(_key(job)).values(status=status, last_error=error, finished_at=now)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    event_id: str
+    effect: str
+    case_id: str
+    event_type: str
+    error: str
+    attempts: int
+    dead_at: datetime
+
+
+dl = tb.dead_letters.c
+_OPEN = select(
+    dl.id, dl.event_id, dl.effect, dl.case_id, dl.event_type, dl.error, dl.attempts, dl.dead_at
+).where(dl.replayed_at.is_(None))
+
+
+class SqlDeadLetters:
+    def __init__(self, db: Engine) -> None:
+        self._db = db
+
+    def open(self, limit: int = 1000) -> list[DeadLetter]:
+        with self._db.connect() as conn:
+            return [DeadLetter(*row) for row in conn.execute(_OPEN.order_by(dl.id).limit(limit))]
+
+    def replay(self, ids: Iterable[int] | None, now: datetime, publish: Callable[[Job], None]) -> list[Job]:
+        """Reopens each chosen dead letter with a fresh attempt budget and re-queues its job.
+
+        The reopening and the publish share a transaction: if the broker refuses, nothing
+        changes and the dead letter stays open. A replayed job whose effect already happened
+        (say, a send that succeeded before its record failed) is recognised by its key."""
+        query = _OPEN.order_by(dl.id)
+        if ids is not None:
+            query = query.where(dl.id.in_(list(ids)))
+        with writing(self._db) as conn:
+            letters = [DeadLetter(*row) for row in conn.execute(query.with_for_update())]
+            jobs = [Job(d.event_id, d.event_type, d.case_id, d.effect) for d in letters]
+            for letter, job in zip(letters, jobs, strict=True):
+                conn.execute(update(tb.dead_letters).where(dl.id == letter.id).values(replayed_at=now))
+                conn.execute(
+                    update(tb.jobs).where(_key(job)).values(status="pending", attempts=0, finished_at=None)
+                )
+            for job in jobs:
+                publish(job)
+        return jobs

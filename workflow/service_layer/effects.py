@@ -1,18 +1,46 @@
-"""Runs one effect of one event, once, however often the job is delivered."""
+"""Runs one effect of one event, once, however often the job is delivered.
+
+Tasks are written in the same transaction that marks the job done. External sends cannot
+share a transaction with the database, so each channel's send is recorded as delivered right
+after it returns, and the send carries ``event_id/effect`` as its idempotency key: a job that
+dies between the send and the record sends again with the same key, and the receiver (SMTP
+Message-ID, the SMS sink, the webhook's Idempotency-Key) recognises it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
-from workflow.domain.effects import CREATE_TASK, Effect, effect_named, effects_of
+from workflow.domain.effects import (
+    CREATE_TASK,
+    DELIVER_HANDOVER,
+    NOTIFY_FAMILY,
+    NOTIFY_OFFICE,
+    Effect,
+    effect_named,
+    effects_of,
+)
+from workflow.service_layer.notifications import (
+    EMAIL,
+    WEBHOOK,
+    Channel,
+    Message,
+    PermanentDeliveryError,
+    Renderer,
+    idempotency_key,
+)
 from workflow.service_layer.ports import Clock
 
 log = structlog.get_logger(__name__)
+
+LOCAL = "local"  # a handover to an office of this deployment: nothing to send over the wire
+HANDOVER_EVENT = "HandoverSent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +49,18 @@ class Job:
     event_type: str
     case_id: str
     effect: str
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What a notice needs: who receives it, in which language, and the template values."""
+
+    family_language: str
+    family_contacts: Mapping[str, str]  # channel -> phone number or e-mail address
+    office_language: str
+    office_email: str | None
+    office_webhook: str | None
+    values: Mapping[str, object] = field(default_factory=dict)  # every template key's value
 
 
 class JobStore(Protocol):
@@ -32,7 +72,25 @@ class JobStore(Protocol):
         """Writes the task and marks the job done in one transaction."""
         ...
 
+    def delivered(self, job: Job) -> frozenset[str]:
+        """The channels this job has already sent on."""
+        ...
+
+    def record_delivery(self, job: Job, channel: str, now: datetime) -> None: ...
+
     def finish(self, job: Job, status: str, error: str | None, now: datetime) -> None: ...
+
+    def dead_letter(self, job: Job, error: str, now: datetime) -> None:
+        """Marks the job dead and files it with its error and attempts, in one transaction."""
+        ...
+
+
+class FactSource(Protocol):
+    def facts(self, job: Job, side: str) -> Facts: ...
+
+    def handover_package(self, job: Job) -> dict[str, Any]:
+        """Only what the destination office needs to receive the family."""
+        ...
 
 
 class UnknownEffect(Exception):
@@ -40,8 +98,17 @@ class UnknownEffect(Exception):
 
 
 class EffectRunner:
-    def __init__(self, jobs: Callable[[], JobStore], clock: Clock, max_attempts: int) -> None:
+    def __init__(
+        self,
+        jobs: Callable[[], JobStore],
+        clock: Clock,
+        max_attempts: int,
+        facts: FactSource | None = None,
+        channels: Mapping[str, Channel] | None = None,
+        renderer: Renderer | None = None,
+    ) -> None:
         self._jobs, self._clock, self._max_attempts = jobs, clock, max_attempts
+        self._facts, self._channels, self._renderer = facts, channels or {}, renderer
 
     def run(self, job: Job) -> str:
         effect = effect_named(job.event_type, job.effect)
@@ -52,20 +119,81 @@ class EffectRunner:
         if status in ("done", "dead"):
             return status  # a redelivery or a replay of a finished job does nothing
         if attempts > self._max_attempts:
-            store.finish(job, "dead", f"gave up after {attempts - 1} attempts", self._clock.now())
+            store.dead_letter(job, f"gave up after {attempts - 1} attempts", self._clock.now())
             log.warning("job.dead_lettered", event_id=job.event_id, effect=job.effect, attempts=attempts)
             return "dead"
         if effect.kind == CREATE_TASK:
             store.create_task_once(job, effect, self._clock.now())
         else:
-            raise UnknownEffect(effect.kind)
-        log.info("job.done", event_id=job.event_id, case_id=job.case_id, effect=job.effect)
+            self._send(store, job, effect)
+            store.finish(job, "done", None, self._clock.now())
+        log.info("job.done", event_id=job.event_id, case_id=job.case_id, effect=job.effect, attempts=attempts)
         return "done"
 
+    def _send(self, store: JobStore, job: Job, effect: Effect) -> None:
+        if self._facts is None or self._renderer is None:
+            raise UnknownEffect(effect.kind)
+        facts = self._facts.facts(job, effect.side)
+        if effect.kind == NOTIFY_FAMILY:
+            template, language = f"family.{effect.subject}", facts.family_language
+            targets = dict(facts.family_contacts)
+        elif effect.kind == NOTIFY_OFFICE:
+            template, language = f"office.{effect.subject}", facts.office_language
+            targets = {EMAIL: facts.office_email} if facts.office_email else {}
+        elif effect.kind == DELIVER_HANDOVER:
+            if facts.office_webhook:
+                self._deliver_handover(store, job, facts.office_webhook)
+                return
+            # The destination office is in this deployment: it sees the case already; tell it.
+            template, language = "office.handover_received", facts.office_language
+            targets = {EMAIL: facts.office_email} if facts.office_email else {}
+            if LOCAL not in store.delivered(job):
+                store.record_delivery(job, LOCAL, self._clock.now())
+        else:
+            raise UnknownEffect(effect.kind)
+        if not targets:
+            log.warning("notification.no_recipient", case_id=job.case_id, effect=job.effect)
+            return
+        context = {key: facts.values.get(key, "") for key in self._renderer.keys(template)}
+        subject, body = self._renderer.render(template, language, context)
+        self._send_each(store, job, targets.items(), subject, body, language)
 
-RUNNABLE_KINDS = frozenset({CREATE_TASK})
+    def _send_each(
+        self,
+        store: JobStore,
+        job: Job,
+        targets: Iterable[tuple[str, str]],
+        subject: str,
+        body: str,
+        language: str,
+    ) -> None:
+        done = store.delivered(job)
+        for channel_name, address in targets:
+            if channel_name in done:
+                continue  # sent by an earlier attempt of this job
+            channel = self._channels.get(channel_name)
+            if channel is None:
+                raise PermanentDeliveryError(f"no {channel_name} channel configured")
+            key = idempotency_key(job.event_id, job.effect)
+            channel.send(Message(address, channel_name, subject, body, language, key))
+            store.record_delivery(job, channel_name, self._clock.now())
+            log.info("notification.delivered", case_id=job.case_id, effect=job.effect, channel=channel_name)
+
+    def _deliver_handover(self, store: JobStore, job: Job, url: str) -> None:
+        assert self._facts is not None
+        body = json.dumps(self._facts.handover_package(job), sort_keys=True, default=str)
+        self._send_each(store, job, [(WEBHOOK, url)], HANDOVER_EVENT, body, "en")
+
+
+RUNNABLE_KINDS = frozenset({CREATE_TASK, NOTIFY_FAMILY, NOTIFY_OFFICE, DELIVER_HANDOVER})
 
 
 def runnable_effects(event_type: str) -> tuple[Effect, ...]:
-    """The effects the workers carry out so far (notifications and the handover webhook follow)."""
+    """The effects the workers carry out for an event: one job each."""
     return tuple(e for e in effects_of(event_type) if e.kind in RUNNABLE_KINDS)
+
+
+class DeadLetterStore(Protocol):
+    def replay(self, ids: Iterable[int] | None, now: datetime, publish: Callable[[Job], None]) -> list[Job]:
+        """Reopens the chosen dead letters (all when ``ids`` is None) and re-queues each."""
+        ...

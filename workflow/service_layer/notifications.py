@@ -70,6 +70,10 @@ class TemplateContextMismatch(TemplateError):
 
 
 class Renderer(Protocol):
+    def keys(self, template_name: str) -> frozenset[str]:
+        """The context keys the template declares (exactly these must be given)."""
+        ...
+
     def render(self, template_name: str, language: str, context: Mapping[str, object]) -> tuple[str, str]:
         """The (subject, body) of a template in ``language``, English when it has no such language."""
         ...

@@ -83,6 +83,11 @@ class Templates:
         entry = self.catalogues.get(language, {}).get(audience, {}).get(subject)
         return entry if isinstance(entry, dict) else None
 
+    def keys(self, template_name: str) -> frozenset[str]:
+        if template_name not in CONTEXT_KEYS:
+            raise UnknownTemplate(template_name)
+        return CONTEXT_KEYS[template_name]
+
     def render(self, template_name: str, language: str, context: Mapping[str, object]) -> tuple[str, str]:
         declared = CONTEXT_KEYS.get(template_name)
         if declared is None:
