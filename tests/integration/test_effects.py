@@ -1,0 +1,237 @@
+"""Every effect of the seed story run by the service layer against a real SMTP server, the SMS
+sink and a real HTTP receiver, on SQLite and PostgreSQL: once each, however often it runs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from tests.servers import Inbox, Receiver, http_receiver, smtp_server
+from tests.support import advance_to
+from workflow.adapters import tables as tb
+from workflow.adapters.channels.sms import FileSinkSms
+from workflow.adapters.channels.smtp import SmtpChannel
+from workflow.adapters.channels.webhook import WebhookChannel, verify_signature
+from workflow.adapters.clock import SystemClock
+from workflow.adapters.jobs import SqlDeadLetters, SqlJobStore
+from workflow.adapters.notices import SqlFacts
+from workflow.adapters.templates import default_templates
+from workflow.bootstrap import App
+from workflow.demo import HOUSEHOLD
+from workflow.domain.effects import NOTIFY_FAMILY, NOTIFY_OFFICE
+from workflow.service_layer.effects import EffectRunner, Job, runnable_effects
+from workflow.service_layer.notifications import (
+    EMAIL,
+    SMS,
+    WEBHOOK,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+
+SECRET = "a-handover-secret-shared-by-both-offices"
+PRINCIPAL = HOUSEHOLD[0]
+OFFICE_EMAIL = {"tallinn": "tallinn-office@avrr.example.org", "kyiv": "kyiv-office@avrr.example.org"}
+
+
+@pytest.fixture
+def inbox() -> Iterator[tuple[int, Inbox]]:
+    with smtp_server() as (controller, box):
+        yield controller.port, box
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with http_receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Path:
+    return tmp_path / "sms.jsonl"
+
+
+def runner(app: App, smtp_port: int, sink: Path, max_attempts: int = 5) -> EffectRunner:
+    channels = {
+        EMAIL: SmtpChannel("127.0.0.1", smtp_port, "avrr@tallinn.example.org", timeout=5),
+        SMS: FileSinkSms(sink),
+        WEBHOOK: WebhookChannel(SECRET, timeout=5),
+    }
+    return EffectRunner(
+        lambda: SqlJobStore(app.db),
+        SystemClock(),
+        max_attempts,
+        facts=SqlFacts(app.db),
+        channels=channels,
+        renderer=default_templates(),
+    )
+
+
+def set_offices(app: App, webhook_for_kyiv: str | None = None) -> None:
+    with app.db.begin() as conn:
+        for code, address in OFFICE_EMAIL.items():
+            conn.execute(update(tb.offices).where(tb.offices.c.code == code).values(email=address))
+        conn.execute(
+            update(tb.offices).where(tb.offices.c.code == "kyiv").values(webhook_url=webhook_for_kyiv)
+        )
+
+
+def jobs_of(app: App, case_id: str) -> list[Job]:
+    o = tb.outbox.c
+    with app.db.connect() as conn:
+        events = conn.execute(
+            select(o.event_id, o.event_type).where(o.case_id == case_id).order_by(o.id)
+        ).all()
+    return [
+        Job(e.event_id, e.event_type, case_id, fx.name)
+        for e in events
+        for fx in runnable_effects(e.event_type)
+    ]
+
+
+def sms_lines(sink: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in sink.read_text().splitlines()] if sink.exists() else []
+
+
+def test_the_seed_story_notifies_family_and_offices_once_in_their_languages(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    port, box = inbox
+    set_offices(app)
+    case_id = advance_to(app, "closed")
+    jobs = jobs_of(app, case_id)
+    run = runner(app, port, sink)
+
+    assert {run.run(job) for job in jobs} == {"done"}
+    family_notices = [j for j in jobs if j.effect.startswith(NOTIFY_FAMILY)]
+    office_notices = [j for j in jobs if j.effect.startswith(NOTIFY_OFFICE)]
+    mails = box.received()
+    to_family = [m for m in mails if m["To"] == PRINCIPAL["email"]]
+    # One e-mail and one SMS per family notice; one e-mail per office notice; the local
+    # handover tells Kyiv by e-mail too.
+    assert len(to_family) == len(family_notices) >= 6
+    assert len(sms_lines(sink)) == len(family_notices)
+    assert {line["to"] for line in sms_lines(sink)} == {PRINCIPAL["phone"]}
+    to_offices = [m for m in mails if m["To"] in OFFICE_EMAIL.values()]
+    assert len(to_offices) == len(office_notices) + 1
+    assert any("kyiv" in m["To"] and m["Content-Language"] == "uk" for m in to_offices)
+    assert any("tallinn" in m["To"] and m["Content-Language"] == "et" for m in to_offices)
+    # The family registered in Ukrainian; no message carries a person's name or birth date.
+    assert {m["Content-Language"] for m in to_family} == {"uk"}
+    for text in [m.get_content() for m in mails] + [line["body"] for line in sms_lines(sink)]:
+        for member in HOUSEHOLD:
+            assert member["full_name"] not in text
+            assert member["date_of_birth"] not in text
+
+    assert {run.run(job) for job in jobs} == {"done"}  # a redelivery of every job does nothing
+    assert len(box.received()) == len(mails)
+    assert len(sms_lines(sink)) == len(family_notices)
+
+
+def test_a_transient_failure_retries_only_the_channel_that_failed(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    port, box = inbox
+    set_offices(app)
+    case_id = advance_to(app, "return_approved")
+    job = next(j for j in jobs_of(app, case_id) if j.effect == "notify_family:return_approved:origin")
+    run = runner(app, port, sink)
+    box.rcpt_reply = "451 4.3.0 mailbox busy, try later"
+
+    with pytest.raises(TransientDeliveryError):
+        run.run(job)
+    assert len(sms_lines(sink)) == 1 and box.received() == []  # the SMS went out, the e-mail not
+
+    box.rcpt_reply = None
+    assert run.run(job) == "done"
+    assert len(sms_lines(sink)) == 1 and len(box.received()) == 1
+    with app.db.connect() as conn:
+        attempts = conn.scalar(select(tb.jobs.c.attempts).where(tb.jobs.c.event_id == job.event_id))
+    assert attempts == 2
+
+
+def test_a_permanent_failure_is_dead_lettered_and_replay_delivers_it_once(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    port, box = inbox
+    set_offices(app)
+    case_id = advance_to(app, "return_approved")
+    job = next(j for j in jobs_of(app, case_id) if j.effect == "notify_family:return_approved:origin")
+    run = runner(app, port, sink)
+    box.rcpt_reply = "550 5.1.1 no such mailbox"
+    with pytest.raises(PermanentDeliveryError) as failure:
+        run.run(job)
+    # What the Celery task's on_failure does once retries are spent or the error is permanent:
+    SqlJobStore(app.db).dead_letter(job, f"PermanentDeliveryError: {failure.value}", SystemClock().now())
+    SqlJobStore(app.db).dead_letter(job, "filed twice", SystemClock().now())  # a second call files nothing
+
+    letters = SqlDeadLetters(app.db).open()
+    assert [(d.event_id, d.effect, d.attempts) for d in letters] == [(job.event_id, job.effect, 1)]
+    assert "recipient refused" in letters[0].error and PRINCIPAL["email"] not in letters[0].error
+    assert run.run(job) == "dead"  # a late redelivery of a dead job does nothing
+
+    box.rcpt_reply = None  # the fault is fixed
+    queued: list[Job] = []
+    assert SqlDeadLetters(app.db).replay(None, SystemClock().now(), queued.append) == [job]
+    assert queued == [job]
+    assert run.run(job) == "done"
+    assert run.run(job) == "done"
+    assert len(box.received()) == 1
+    assert len(sms_lines(sink)) == 1  # the SMS had gone out before the failure: not sent again
+    assert SqlDeadLetters(app.db).open() == []
+
+
+def test_replay_that_cannot_publish_leaves_the_dead_letter_open(app: App) -> None:
+    case_id = advance_to(app, "return_approved")
+    job = jobs_of(app, case_id)[-1]
+    store = SqlJobStore(app.db)
+    store.start(job, SystemClock().now())
+    store.dead_letter(job, "TransientDeliveryError: SMTP connection failed", SystemClock().now())
+
+    def broker_down(_: Job) -> None:
+        raise ConnectionError("broker unreachable")
+
+    with pytest.raises(ConnectionError):
+        SqlDeadLetters(app.db).replay(None, SystemClock().now(), broker_down)
+    assert [d.event_id for d in SqlDeadLetters(app.db).open()] == [job.event_id]
+    with app.db.connect() as conn:
+        assert conn.scalar(select(tb.jobs.c.status).where(tb.jobs.c.event_id == job.event_id)) == "dead"
+
+
+def test_the_handover_package_reaches_another_deployment_signed_and_without_legal_status(
+    app: App, inbox: tuple[int, Inbox], sink: Path, receiver: Receiver
+) -> None:
+    port, _ = inbox
+    set_offices(app, webhook_for_kyiv=receiver.url)
+    case_id = advance_to(app, "handover_pending")
+    (job,) = [j for j in jobs_of(app, case_id) if j.event_type == "HandoverSent"]
+    run = runner(app, port, sink)
+    receiver.replies = [(503, {"Retry-After": "1"}, 0.0)]
+
+    with pytest.raises(TransientDeliveryError) as busy:
+        run.run(job)
+    assert busy.value.retry_after == 1
+    assert run.run(job) == "done"
+    assert run.run(job) == "done"
+
+    assert len(receiver.requests) == 2  # the refused attempt and the delivered one, none after
+    request = receiver.requests[-1]
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    assert headers["idempotency-key"] == f"{job.event_id}/{job.effect}"
+    assert (
+        headers["idempotency-key"]
+        == {k.lower(): v for k, v in receiver.requests[0].headers.items()}["idempotency-key"]
+    )
+    verify_signature(
+        SECRET, headers["x-avrr-timestamp"], request.body, headers["x-avrr-signature"], SystemClock().now()
+    )
+    package = json.loads(request.body)
+    assert package["case_id"] == case_id and package["destination_office"] == "kyiv"
+    assert [p["full_name"] for p in package["household"]] == [m["full_name"] for m in HOUSEHOLD]
+    text = request.body.decode()
+    for private in ("asylum", "expulsion", "travel_document", "nationality", "consent"):
+        assert private not in text
