@@ -10,8 +10,9 @@ from typing import Any
 from workflow.domain.actors import Actor, Role
 from workflow.service_layer.transitions import FireResult, TransitionService
 
-ORIGIN = ("tallinn", "IOM Tallinn", "EE")
-DESTINATION = ("kyiv", "IOM Kyiv", "UA")
+# code, name, country, handover endpoint (none: the same deployment), staff notice e-mail
+ORIGIN = ("tallinn", "IOM Tallinn", "EE", None, "tallinn-office@avrr.example.org")
+DESTINATION = ("kyiv", "IOM Kyiv", "UA", None, "kyiv-office@avrr.example.org")
 
 # People in the two offices; four eyes needs distinct approvers and finance officers.
 TLL_CASEWORKER = Actor.of("tll-caseworker", "tallinn", Role.CASEWORKER)

@@ -105,13 +105,21 @@ class CaseViews:
         return [str(Money.from_minor(r.amount_minor, r.currency)) for r in rows]
 
 
-def ensure_office(db: Engine, code: str, name: str, country: str, webhook_url: str | None = None) -> bool:
+def ensure_office(
+    db: Engine, code: str, name: str, country: str, webhook_url: str | None = None, email: str | None = None
+) -> bool:
     """Adds the office if it is not there yet; True when it was added."""
     with writing(db) as conn:
         if conn.scalar(select(tb.offices.c.code).where(tb.offices.c.code == code)):
             return False
         conn.execute(
             insert(tb.offices),
-            {"code": code, "name": name, "country": country.upper(), "webhook_url": webhook_url},
+            {
+                "code": code,
+                "name": name,
+                "country": country.upper(),
+                "webhook_url": webhook_url,
+                "email": email,
+            },
         )
         return True

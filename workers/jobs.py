@@ -1,0 +1,24 @@
+"""Putting a job on the queue: one message per (event, effect), ids and types only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from workflow.service_layer.effects import Job
+
+TASK = "avrr.effects.run"
+# Publishing retries briefly; a broker that stays away raises, and the caller's transaction
+# (the relay's batch, a replay) rolls back so nothing is marked sent or replayed.
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+
+
+def send_job(app: Celery, job: Job, producer: Any = None) -> None:
+    app.send_task(
+        TASK,
+        args=[job.event_id, job.event_type, job.case_id, job.effect],
+        producer=producer,
+        retry=True,
+        retry_policy=PUBLISH_RETRY,
+    )
