@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "dev-only-secret-change-me"  # noqa: S105 - refused outside development
@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     returnee_contact_days: int = 90
     plan_drafting_days: int = 30
     monitoring_interval_days: int = 90
+    departure_reminder_days: int = Field(default=2, ge=0)  # the family is reminded this long before
+
+    # Timers: deadline rows in the database that beat claims when due (never broker ETAs).
+    timer_poll_seconds: float = Field(default=10.0, gt=0)
+    timer_batch_size: int = Field(default=100, gt=0)
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:

@@ -33,6 +33,7 @@ def programme_from(settings: Settings) -> Programme:
         returnee_contact_period=timedelta(days=settings.returnee_contact_days),
         plan_drafting_period=timedelta(days=settings.plan_drafting_days),
         monitoring_interval=timedelta(days=settings.monitoring_interval_days),
+        departure_reminder_lead=timedelta(days=settings.departure_reminder_days),
     )
 
 

@@ -28,6 +28,7 @@ PROGRAMME = Programme(
     returnee_contact_period=timedelta(days=41),
     plan_drafting_period=timedelta(days=17),
     monitoring_interval=timedelta(days=67),
+    departure_reminder_lead=timedelta(days=4),
 )
 
 PRINCIPAL_ID = "member-principal"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,13 +25,16 @@ from tests.unit.builders import (
 )
 from workflow.domain import guards as g
 from workflow.domain import payloads as p
-from workflow.domain.actors import Actor, Role
+from workflow.domain.actors import SYSTEM_ACTOR, Actor, Role
 from workflow.domain.case import Case
 from workflow.domain.errors import GuardFailed
 from workflow.domain.lifecycle import LIFECYCLE
 from workflow.domain.programme import FireContext, Programme
 from workflow.service_layer.payloads import parse_payload
 
+# The reminder may still go out on the departure day itself, not the day after.
+DEPARTURE_DAY_EVENING = datetime.combine(DEPARTURE_ON, time(23, 59), UTC)
+DAY_AFTER_DEPARTURE = DEPARTURE_DAY_EVENING + timedelta(minutes=1)
 FINANCE = Actor.of("finance-officer", "kyiv", Role.FINANCE_OFFICER)
 CASH_PROGRAMME = Programme(allow_cash=True)
 
@@ -126,6 +129,12 @@ GUARD_SCENARIOS = [
         ),
         "before the departure",
         scenario(case_in("departed"), payload(p.ConfirmArrival, arrived_on=str(DEPARTURE_ON))),
+    ),
+    (
+        g.departure_ahead,
+        scenario(case_in("travel_booked"), None, ctx(SYSTEM_ACTOR, now=DAY_AFTER_DEPARTURE)),
+        "departure date has passed",
+        scenario(case_in("travel_booked"), None, ctx(SYSTEM_ACTOR, now=DEPARTURE_DAY_EVENING)),
     ),
     (
         g.plan_lines_name_household_members,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 import tracemalloc
+from datetime import UTC, datetime, time
 from typing import Any
 
 import pytest
@@ -129,8 +130,31 @@ def test_timers_are_cancelled_on_leaving_and_armed_on_entering_a_state_with_dead
     assert timers[: len(cancelled)] == cancelled
     started = [c.timer for c in timers[len(cancelled) :]]
     assert [(s.name, s.state, s.fires_trigger, s.due_at, s.created_at) for s in started] == [
-        (d.name, target, d.fires, NOW + getattr(PROGRAMME, d.period), NOW) for d in deadlines
+        (d.name, target, d.fires, _start(case, d.counted_from) + getattr(PROGRAMME, d.period), NOW)
+        for d in deadlines
     ]
+
+
+def _start(case: Case, counted_from: str | None) -> datetime:
+    """A deadline counts from a date of the case at midnight UTC, or else from the fire."""
+    day = getattr(case, counted_from) if counted_from else None
+    return datetime.combine(day, time(), UTC) if day else NOW
+
+
+def test_booking_travel_arms_the_reminder_its_lead_before_the_departure_day():
+    case = case_in("travel_documents_ready", departure_on=None)
+    fire_first_role(case, LIFECYCLE.by_trigger["book_travel"])
+    (started,) = [c for c in case.changes if isinstance(c, TimerStarted)]
+    assert started.timer.fires_trigger == "remind_departure"
+    assert started.timer.due_at == datetime(2026, 12, 1, tzinfo=UTC) - PROGRAMME.departure_reminder_lead
+    assert started.timer.due_at == datetime(2026, 11, 27, tzinfo=UTC)  # PROGRAMME's lead: 4 days
+
+
+@pytest.mark.parametrize("trigger", ["confirm_departure", "record_no_show", "cancel_booking", "withdraw"])
+def test_leaving_travel_booked_cancels_the_departure_reminder(trigger):
+    case = case_in("travel_booked")
+    fire_first_role(case, LIFECYCLE.by_trigger[trigger])
+    assert case.changes == [TimersCancelled("travel_booked")]
 
 
 def test_entering_monitoring_arms_the_visit_timer_for_the_programme_interval():

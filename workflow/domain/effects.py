@@ -53,6 +53,7 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
     "ReturnRejected": (family("return_rejected"),),
     "TravelBooked": _TRAVEL_BOOKED,
     "TravelRebooked": _TRAVEL_BOOKED,
+    "DepartureReminderIssued": (family("departure_reminder"),),
     "BookingCancelled": (office("booking_cancelled", DESTINATION),),
     "NoShowRecorded": (office("no_show", ORIGIN),),
     "DepartureConfirmed": (office("departure_confirmed", DESTINATION),),

@@ -60,6 +60,13 @@ def arrival_after_departure(case: Case, payload: Any, ctx: FireContext) -> list[
     return []
 
 
+def departure_ahead(case: Case, payload: Any, ctx: FireContext) -> list[str]:
+    """A reminder that fell due late (workers down) is not sent once the departure day is over."""
+    if case.departure_on is None or ctx.now.date() > case.departure_on:
+        return ["the departure date has passed"]
+    return []
+
+
 def plan_lines_name_household_members(case: Case, payload: Any, ctx: FireContext) -> list[str]:
     known = {m.id for m in case.members or ()}
     return [

@@ -22,7 +22,7 @@ class Deadline:
 
     name: str
     fires: str
-    period: str  # name of the Programme setting that holds its length
+    period: str  # name of the Programme setting added to the start (negative: before that date)
     counted_from: str | None = None  # a date field of the case; else the time the state is entered
 
 
@@ -130,7 +130,14 @@ STATES = (
     State("rejected", "return approval", final=True),
     State("awaiting_travel_documents", "travel"),
     State("travel_documents_ready", "travel"),
-    State("travel_booked", "travel"),
+    State(
+        "travel_booked",
+        "travel",
+        # Counted back from the booked departure; leaving the state (departed, no-show) cancels it.
+        deadlines=(
+            Deadline("departure_reminder", "remind_departure", "departure_reminder_offset", "departure_on"),
+        ),
+    ),
     State("no_show", "travel"),
     State("departed", "travel"),
     State("arrived", "travel"),
@@ -245,6 +252,14 @@ TRANSITIONS = (
         "TravelRebooked",
         payload=p.BookTravel,
         effect="book_travel",
+    ),
+    _t(
+        "remind_departure",
+        "travel_booked",
+        SAME,
+        [SYSTEM],
+        "DepartureReminderIssued",
+        guards=(g.departure_ahead,),
     ),
     _t("confirm_departure", "travel_booked", "departed", [TRAVEL], "DepartureConfirmed"),
     _t("withdraw", BEFORE_DEPARTURE, "withdrawn", [CW], "CaseWithdrawn", payload=p.Reason),

@@ -15,6 +15,12 @@ class Programme:
     returnee_contact_period: timedelta = timedelta(days=90)
     plan_drafting_period: timedelta = timedelta(days=30)
     monitoring_interval: timedelta = timedelta(days=90)
+    departure_reminder_lead: timedelta = timedelta(days=2)
+
+    @property
+    def departure_reminder_offset(self) -> timedelta:
+        """A deadline adds its period to its start; the reminder falls its lead before departure."""
+        return -self.departure_reminder_lead
 
 
 @dataclass(frozen=True, slots=True)
