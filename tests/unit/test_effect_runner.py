@@ -1,0 +1,205 @@
+"""The effect runner's rules with in-memory stores and channels (pure logic, no servers)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from workers.tasks import backoff
+from workflow.adapters.templates import default_templates
+from workflow.domain.effects import EFFECTS, Effect
+from workflow.service_layer.effects import EffectRunner, Facts, Job, UnknownEffect, runnable_effects
+from workflow.service_layer.notifications import (
+    EMAIL,
+    SMS,
+    WEBHOOK,
+    Message,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
+
+NOW = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+
+class Clock:
+    def now(self) -> datetime:
+        return NOW
+
+
+@dataclass
+class Store:
+    status: str = "new"
+    attempts: int = 0
+    deliveries: set[str] = field(default_factory=set)
+    tasks: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+
+    def start(self, job: Job, now: datetime) -> tuple[str, int]:
+        if self.status in ("done", "dead"):
+            return self.status, self.attempts
+        self.status, self.attempts = "running", self.attempts + 1
+        return self.status, self.attempts
+
+    def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
+        self.tasks.append(effect.subject)
+        self.status = "done"
+
+    def delivered(self, job: Job) -> frozenset[str]:
+        return frozenset(self.deliveries)
+
+    def record_delivery(self, job: Job, channel: str, now: datetime) -> None:
+        self.deliveries.add(channel)
+
+    def finish(self, job: Job, status: str, error: str | None, now: datetime) -> None:
+        self.status = status
+
+    def dead_letter(self, job: Job, error: str, now: datetime) -> None:
+        self.status = "dead"
+        self.dead.append(error)
+
+
+@dataclass
+class Channel:
+    fail_with: Exception | None = None
+    sent: list[Message] = field(default_factory=list)
+
+    def send(self, message: Message) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.sent.append(message)
+
+
+@dataclass
+class FactSource:
+    contacts: Mapping[str, str] = field(
+        default_factory=lambda: {SMS: "+3725550101", EMAIL: "family@example.org"}
+    )
+    office_email: str | None = "office@example.org"
+    webhook: str | None = None
+
+    def facts(self, job: Job, side: str) -> Facts:
+        values = {"case_ref": "C-1", "departure_on": "2026-12-01", "route": "TLL-KBP", "due_on": "2026-12-03"}
+        return Facts("uk", self.contacts, "et", self.office_email, self.webhook, values)
+
+    def handover_package(self, job: Job) -> dict[str, Any]:
+        return {"case_id": job.case_id}
+
+
+def runner(store: Store, channels: dict[str, Channel], facts: FactSource | None = None) -> EffectRunner:
+    return EffectRunner(
+        lambda: store, Clock(), 3, facts or FactSource(), channels, renderer=default_templates()
+    )
+
+
+def job(event_type: str, effect: str) -> Job:
+    return Job("event-1", event_type, "case-1", effect)
+
+
+def test_every_effect_in_the_table_is_runnable_and_every_notice_has_a_template() -> None:
+    templates = default_templates()
+    for event_type, effects in EFFECTS.items():
+        assert runnable_effects(event_type) == effects
+        for effect in effects:
+            if effect.kind.startswith("notify_"):
+                audience = "family" if effect.kind == "notify_family" else "office"
+                assert templates.keys(f"{audience}.{effect.subject}")
+
+
+def test_a_family_notice_goes_by_sms_and_email_in_the_family_language() -> None:
+    store, sms, email = Store(), Channel(), Channel()
+    assert (
+        runner(store, {SMS: sms, EMAIL: email}).run(job("TravelBooked", "notify_family:travel_booked:origin"))
+        == "done"
+    )
+    (text,), (mail,) = sms.sent, email.sent
+    assert (text.recipient, text.language, mail.recipient) == ("+3725550101", "uk", "family@example.org")
+    assert text.idempotency_key == mail.idempotency_key == "event-1/notify_family:travel_booked:origin"
+    assert "2026-12-01" in text.body and store.deliveries == {SMS, EMAIL}
+
+
+def test_a_channel_that_already_delivered_is_skipped_on_the_next_attempt() -> None:
+    store, sms, email = Store(), Channel(), Channel(fail_with=TransientDeliveryError("busy"))
+    run = runner(store, {SMS: sms, EMAIL: email})
+    the_job = job("ReturnApproved", "notify_family:return_approved:origin")
+    with pytest.raises(TransientDeliveryError):
+        run.run(the_job)
+    email.fail_with = None
+    assert run.run(the_job) == "done"
+    assert (len(sms.sent), len(email.sent), store.attempts) == (1, 1, 2)
+
+
+def test_a_job_past_its_attempt_cap_is_dead_lettered_without_running() -> None:
+    store, email = Store(attempts=3), Channel()
+    assert (
+        runner(store, {EMAIL: email}).run(
+            job("ApplicationSubmitted", "notify_office:application_submitted:origin")
+        )
+        == "dead"
+    )
+    assert email.sent == [] and store.dead == ["gave up after 3 attempts"]
+
+
+def test_a_finished_job_does_nothing_when_delivered_again() -> None:
+    store, email = Store(status="done", attempts=1), Channel()
+    assert (
+        runner(store, {EMAIL: email}).run(
+            job("ApplicationSubmitted", "notify_office:application_submitted:origin")
+        )
+        == "done"
+    )
+    assert email.sent == [] and store.attempts == 1
+
+
+def test_no_recipient_finishes_the_job_without_sending() -> None:
+    store, email = Store(), Channel()
+    facts = FactSource(office_email=None)
+    assert (
+        runner(store, {EMAIL: email}, facts).run(
+            job("ApplicationSubmitted", "notify_office:application_submitted:origin")
+        )
+        == "done"
+    )
+    assert email.sent == [] and store.status == "done"
+
+
+def test_a_handover_to_another_deployment_without_a_webhook_channel_is_permanent() -> None:
+    store = Store()
+    the_job = job("HandoverSent", "deliver_handover:handover_package:destination")
+    with pytest.raises(PermanentDeliveryError):
+        runner(store, {EMAIL: Channel()}, FactSource(webhook="https://kyiv.example.org/handover")).run(
+            the_job
+        )
+    webhook = Channel()
+    assert (
+        runner(Store(), {WEBHOOK: webhook}, FactSource(webhook="https://kyiv.example.org/h")).run(the_job)
+        == "done"
+    )
+    assert webhook.sent[0].body == '{"case_id": "case-1"}'
+
+
+def test_a_handover_within_the_deployment_tells_the_destination_office_by_email() -> None:
+    store, email = Store(), Channel()
+    the_job = job("HandoverSent", "deliver_handover:handover_package:destination")
+    assert runner(store, {EMAIL: email}).run(the_job) == "done"
+    assert [m.recipient for m in email.sent] == ["office@example.org"] and store.deliveries == {
+        "local",
+        EMAIL,
+    }
+
+
+def test_an_effect_the_table_does_not_name_is_refused() -> None:
+    with pytest.raises(UnknownEffect):
+        runner(Store(), {}).run(job("TravelBooked", "notify_family:lottery_won:origin"))
+
+
+def test_backoff_grows_exponentially_with_full_jitter_and_honours_retry_after() -> None:
+    for retries in range(8):
+        delays = [backoff(retries) for _ in range(50)]
+        assert all(0 <= d <= min(2**retries, 120) for d in delays)
+    assert max(backoff(5) for _ in range(200)) > 8  # jitter spreads over the whole window
+    assert backoff(0, retry_after=30) == 30
+    assert backoff(0, retry_after=10_000) == 120
