@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import psycopg
 import structlog
@@ -18,6 +19,8 @@ from workflow.service_layer.effects import runnable_effects
 
 log = structlog.get_logger(__name__)
 CHANNEL = "avrr_outbox"
+# Touched on every turn of the loop; `avrr relay --check` reads its age.
+DEFAULT_HEARTBEAT = Path("var/relay.heartbeat")
 
 
 def celery_publisher(app: Celery) -> object:
@@ -55,11 +58,22 @@ class Waker:
             pass
 
 
-def run(db: Engine, app: Celery, stop: threading.Event, interval: float = 1.0) -> None:
+def run(
+    db: Engine,
+    app: Celery,
+    stop: threading.Event,
+    interval: float = 1.0,
+    *,
+    heartbeat: Path | None = DEFAULT_HEARTBEAT,
+) -> None:
     relay = OutboxRelay(db, celery_publisher(app))  # type: ignore[arg-type]
     waker, backoff = Waker(db, interval), interval
+    if heartbeat is not None:
+        heartbeat.parent.mkdir(parents=True, exist_ok=True)
     log.info("relay.started", database=db.dialect.name)
     while not stop.is_set():
+        if heartbeat is not None:
+            heartbeat.touch()
         try:
             moved = relay.relay_once()
             backoff = interval

@@ -217,6 +217,11 @@ def demo(
     typer.echo(f"\nhistory: avrr case history {case['id']}")
 
 
+from workflow.cli_processes import register  # noqa: E402 - after the commands above, in help order
+
+register(app)
+
+
 def main() -> None:
     try:
         app()
