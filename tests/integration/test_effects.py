@@ -235,3 +235,19 @@ def test_the_handover_package_reaches_another_deployment_signed_and_without_lega
     text = request.body.decode()
     for private in ("asylum", "expulsion", "travel_document", "nationality", "consent"):
         assert private not in text
+
+
+def test_a_job_refused_before_it_started_is_still_dead_lettered(app: App) -> None:
+    case_id = advance_to(app, "inquiry")
+    job = Job(
+        "00000000-0000-4000-8000-00000000000a", "TravelBooked", case_id, "notify_family:lottery_won:origin"
+    )
+
+    SqlJobStore(app.db).dead_letter(
+        job, "UnknownEffect: notify_family:lottery_won:origin", SystemClock().now()
+    )
+
+    (letter,) = SqlDeadLetters(app.db).open()
+    assert (letter.effect, letter.attempts, letter.case_id) == (job.effect, 0, case_id)
+    with app.db.connect() as conn:
+        assert conn.scalar(select(tb.jobs.c.status).where(tb.jobs.c.event_id == job.event_id)) == "dead"

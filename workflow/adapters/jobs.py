@@ -103,7 +103,25 @@ class SqlJobStore:
                 .returning(j.attempts)
             ).scalar()
             if attempts is None:
-                return  # already dead-lettered (or the job row is gone): file it once
+                if conn.scalar(select(j.status).where(_key(job))) is not None:
+                    return  # already dead-lettered: file it once
+                # Refused before it ever started (an effect this version does not know):
+                # still filed, so the job is never lost without a trace.
+                attempts = 0
+                conn.execute(
+                    insert(tb.jobs),
+                    {
+                        "event_id": job.event_id,
+                        "effect": job.effect,
+                        "case_id": job.case_id,
+                        "event_type": job.event_type,
+                        "status": "dead",
+                        "attempts": attempts,
+                        "last_error": error,
+                        "started_at": now,
+                        "finished_at": now,
+                    },
+                )
             conn.execute(
                 insert(tb.dead_letters),
                 {
