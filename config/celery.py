@@ -14,7 +14,12 @@ MAX_ATTEMPTS = 5
 RETRY_BACKOFF_MAX = 120
 
 
-def celery_config(broker_url: str | None, data_dir: Path = Path("var")) -> dict[str, Any]:
+TIMER_POLL_SECONDS = 10.0
+
+
+def celery_config(
+    broker_url: str | None, data_dir: Path = Path("var"), timer_poll_seconds: float = TIMER_POLL_SECONDS
+) -> dict[str, Any]:
     embedded = not broker_url
     broker_dir = data_dir / "broker"
     return {
@@ -58,4 +63,13 @@ def celery_config(broker_url: str | None, data_dir: Path = Path("var")) -> dict[
         "worker_hijack_root_logger": False,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
+        # Deadlines are rows beat claims when due; a tick not run before the next one expires,
+        # so a backlog of ticks (workers down) is never run all at once later.
+        "beat_schedule": {
+            "fire-due-timers": {
+                "task": "avrr.timers.fire_due",
+                "schedule": timer_poll_seconds,
+                "options": {"expires": timer_poll_seconds},
+            }
+        },
     }

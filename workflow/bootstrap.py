@@ -17,12 +17,14 @@ from workflow.adapters.db import make_engine
 from workflow.adapters.jobs import SqlJobStore
 from workflow.adapters.notices import SqlFacts
 from workflow.adapters.templates import default_templates
+from workflow.adapters.timers import SqlTimerStore
 from workflow.adapters.unit_of_work import SqlUnitOfWork
 from workflow.adapters.views import CaseViews
 from workflow.domain.programme import Programme
 from workflow.service_layer.effects import EffectRunner
 from workflow.service_layer.notifications import EMAIL, SMS, WEBHOOK, Channel
 from workflow.service_layer.ports import Clock
+from workflow.service_layer.timers import TimerService
 from workflow.service_layer.transitions import TransitionService
 
 
@@ -44,6 +46,7 @@ class App:
     db: Engine
     transitions: TransitionService
     views: CaseViews
+    timers: TimerService
 
     def uow(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.db)
@@ -54,8 +57,10 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None, db: 
     db = db or make_engine(
         settings.database_url, pool_size=settings.db_pool_size, pre_ping=settings.db_pre_ping
     )
-    service = TransitionService(lambda: SqlUnitOfWork(db), programme_from(settings), clock or SystemClock())
-    return App(db=db, transitions=service, views=CaseViews(db))
+    clock = clock or SystemClock()
+    service = TransitionService(lambda: SqlUnitOfWork(db), programme_from(settings), clock)
+    timers = TimerService(SqlTimerStore(db), service, clock)
+    return App(db=db, transitions=service, views=CaseViews(db), timers=timers)
 
 
 def channels_from(settings: Settings) -> dict[str, Channel]:

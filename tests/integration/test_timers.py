@@ -1,0 +1,233 @@
+"""Durable timers on SQLite and PostgreSQL: a due row fires its transition once, through the service."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select, update
+
+from tests.conftest import make_app
+from tests.support import FixedClock, advance_to, register
+from workflow.adapters import tables as tb
+from workflow.adapters.timers import SqlTimerStore
+from workflow.bootstrap import App
+from workflow.demo import KBP_CASEWORKER, TLL_TRAVEL
+from workflow.service_layer.timers import DEFAULT_LEASE, FiredCounts
+
+
+def _timers(app: App, case_id: str, name: str | None = None) -> list[dict[str, Any]]:
+    t = tb.timers.c
+    query = select(tb.timers).where(t.case_id == case_id).order_by(t.created_at, t.due_at)
+    if name:
+        query = query.where(t.name == name)
+    with app.db.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def _fired(app: App, case_id: str, trigger: str) -> int:
+    return sum(1 for h in app.views.history(case_id) if h["trigger"] == trigger)
+
+
+def _outbox(app: App, case_id: str) -> list[str]:
+    o = tb.outbox.c
+    with app.db.connect() as conn:
+        return list(conn.scalars(select(o.event_type).where(o.case_id == case_id).order_by(o.id)))
+
+
+def _departure_on(app: App, case_id: str) -> datetime:
+    with app.db.connect() as conn:
+        day = conn.scalar(select(tb.cases.c.departure_on).where(tb.cases.c.id == case_id))
+    return datetime.combine(day, time(), UTC)
+
+
+def _due(app: App, clock: FixedClock, case_id: str, name: str) -> dict[str, Any]:
+    """Moves the clock to the timer's due time and returns the timer."""
+    (timer,) = _timers(app, case_id, name)
+    clock.current = timer["due_at"]
+    return timer
+
+
+def test_a_due_timer_fires_its_transition_once(app: App, clock: FixedClock) -> None:
+    case_id = advance_to(app, "handover_pending")
+    timer = _due(app, clock, case_id, "handover_acknowledgement")
+
+    first, second = app.timers.fire_due(), app.timers.fire_due()
+
+    assert first == FiredCounts(claimed=1, fired=1)
+    assert second == FiredCounts()
+    assert _fired(app, case_id, "escalate_handover") == 1
+    assert _outbox(app, case_id).count("HandoverEscalated") == 1
+    old, new = _timers(app, case_id, "handover_acknowledgement")
+    assert (old["id"], old["status"], old["fired_at"]) == (timer["id"], "fired", clock.now())
+    assert old["due_at"] == timer["due_at"]  # the claim kept the real deadline
+    # The escalation re-armed the deadline: the office is reminded again a period later.
+    assert (new["status"], new["due_at"]) == ("pending", clock.now() + timedelta(days=5))
+
+
+def test_a_timer_fired_again_after_a_crash_before_it_was_marked_moves_the_case_once(
+    app: App, clock: FixedClock
+) -> None:
+    case_id = advance_to(app, "handover_pending")
+    timer = _due(app, clock, case_id, "handover_acknowledgement")
+    app.timers.fire_due()
+    # The crash: the transition committed, the timer row never heard of it.
+    with app.db.begin() as conn:
+        conn.execute(
+            update(tb.timers).where(tb.timers.c.id == timer["id"]).values(status="pending", fired_at=None)
+        )
+
+    again = app.timers.fire_due()
+
+    assert again == FiredCounts(claimed=1, replayed=1)
+    assert _fired(app, case_id, "escalate_handover") == 1
+    assert _outbox(app, case_id).count("HandoverEscalated") == 1
+    assert _timers(app, case_id, "handover_acknowledgement")[0]["status"] == "fired"
+
+
+def test_a_timer_not_yet_due_does_not_fire(app: App, clock: FixedClock) -> None:
+    case_id = advance_to(app, "handover_pending")
+    _due(app, clock, case_id, "handover_acknowledgement")
+    clock.advance(seconds=-1)
+
+    assert app.timers.fire_due() == FiredCounts()
+    assert _fired(app, case_id, "escalate_handover") == 0
+    assert _timers(app, case_id, "handover_acknowledgement")[0]["status"] == "pending"
+
+
+def test_moving_a_case_on_cancels_its_timers_and_they_never_fire(app: App, clock: FixedClock) -> None:
+    case_id = advance_to(app, "handover_pending")
+    app.transitions.fire(case_id, "accept_handover", KBP_CASEWORKER)
+    _due(app, clock, case_id, "handover_acknowledgement")
+    clock.advance(days=1)
+
+    assert app.timers.fire_due() == FiredCounts()
+    assert _fired(app, case_id, "escalate_handover") == 0
+    assert _timers(app, case_id, "handover_acknowledgement")[0]["status"] == "cancelled"
+
+
+def test_the_departure_reminder_fires_before_departure_and_its_event_is_in_the_outbox(
+    app: App, clock: FixedClock
+) -> None:
+    case_id = advance_to(app, "travel_booked")
+    timer = _due(app, clock, case_id, "departure_reminder")
+    assert timer["due_at"] == _departure_on(app, case_id) - timedelta(days=2)  # the default lead
+
+    assert app.timers.fire_due() == FiredCounts(claimed=1, fired=1)
+
+    assert _fired(app, case_id, "remind_departure") == 1
+    assert _outbox(app, case_id)[-1] == "DepartureReminderIssued"
+    assert app.views.case(case_id)["state"] == "travel_booked"
+    assert app.views.case(case_id)["timers"] == []  # one reminder per booking, not one a period
+    assert _timers(app, case_id, "departure_reminder")[0]["status"] == "fired"
+
+
+def test_the_reminder_lead_is_a_programme_setting(db_url: str, clock: FixedClock) -> None:
+    app = make_app(db_url, clock, departure_reminder_days=5)
+    try:
+        case_id = advance_to(app, "travel_booked")
+        (timer,) = _timers(app, case_id, "departure_reminder")
+        assert timer["due_at"] == _departure_on(app, case_id) - timedelta(days=5)
+    finally:
+        app.db.dispose()
+
+
+def test_a_reminder_due_after_the_departure_is_cancelled_by_the_departure(
+    app: App, clock: FixedClock
+) -> None:
+    case_id = advance_to(app, "travel_booked")
+    app.transitions.fire(case_id, "confirm_departure", TLL_TRAVEL)
+    _due(app, clock, case_id, "departure_reminder")
+
+    assert app.timers.fire_due() == FiredCounts()
+    assert _fired(app, case_id, "remind_departure") == 0
+    assert _timers(app, case_id, "departure_reminder")[0]["status"] == "cancelled"
+
+
+def test_a_refused_fire_marks_the_timer_void_and_the_batch_goes_on(app: App, clock: FixedClock) -> None:
+    late = advance_to(app, "travel_booked")
+    due = advance_to(app, "handover_pending")
+    # Beat was down until after the departure day, and nobody recorded the departure.
+    clock.current = _departure_on(app, late) + timedelta(days=1)
+    assert clock.now() >= _timers(app, due)[-1]["due_at"]
+
+    counts = app.timers.fire_due()
+
+    assert counts == FiredCounts(claimed=2, fired=1, void=1)
+    assert _fired(app, late, "remind_departure") == 0
+    reminder = _timers(app, late, "departure_reminder")[0]
+    assert (reminder["status"], reminder["fired_at"]) == ("void", clock.now())
+    assert _fired(app, due, "escalate_handover") == 1
+
+
+def test_a_timer_for_a_state_the_case_is_not_in_is_void(app: App, clock: FixedClock) -> None:
+    case_id = register(app).case_id
+    timer_id = str(uuid.uuid4())
+    with app.db.begin() as conn:
+        conn.execute(
+            insert(tb.timers).values(
+                id=timer_id,
+                case_id=case_id,
+                name="handover_acknowledgement",
+                state="handover_pending",
+                due_at=clock.now(),
+                fires_trigger="escalate_handover",
+                status="pending",
+                created_at=clock.now(),
+            )
+        )
+
+    assert app.timers.fire_due() == FiredCounts(claimed=1, void=1)
+    assert _timers(app, case_id)[0]["status"] == "void"
+    assert [h["trigger"] for h in app.views.history(case_id)] == ["register_inquiry"]
+
+
+def test_a_timer_claimed_by_a_beat_that_died_is_claimed_again_after_the_lease(
+    app: App, clock: FixedClock
+) -> None:
+    case_id = advance_to(app, "handover_pending")
+    _due(app, clock, case_id, "handover_acknowledgement")
+    assert len(SqlTimerStore(app.db).claim_due(clock.now(), 10, DEFAULT_LEASE)) == 1  # then it died
+
+    assert app.timers.fire_due() == FiredCounts()  # leased: a live beat run may be firing it
+    clock.advance(seconds=DEFAULT_LEASE.total_seconds())
+    assert app.timers.fire_due() == FiredCounts(claimed=1, fired=1)
+    assert _fired(app, case_id, "escalate_handover") == 1
+
+
+def test_a_batch_takes_at_most_its_limit_oldest_first(app: App, clock: FixedClock) -> None:
+    first = advance_to(app, "handover_pending")
+    clock.advance(minutes=1)
+    second = advance_to(app, "handover_pending")
+    _due(app, clock, second, "handover_acknowledgement")
+
+    assert app.timers.fire_due(limit=1) == FiredCounts(claimed=1, fired=1)
+    assert (_fired(app, first, "escalate_handover"), _fired(app, second, "escalate_handover")) == (1, 0)
+    assert app.timers.fire_due(limit=1) == FiredCounts(claimed=1, fired=1)
+    assert _fired(app, second, "escalate_handover") == 1
+
+
+@pytest.mark.postgres
+def test_overlapping_beat_runs_fire_each_timer_once(pg_app: App, clock: FixedClock) -> None:
+    cases = [advance_to(pg_app, "handover_pending") for _ in range(6)]
+    _due(pg_app, clock, cases[-1], "handover_acknowledgement")
+    results: list[FiredCounts] = []
+    start = threading.Barrier(4)
+
+    def beat_run() -> None:
+        start.wait()
+        while (counts := pg_app.timers.fire_due(limit=1)).claimed:
+            results.append(counts)
+
+    threads = [threading.Thread(target=beat_run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert sum(r.fired for r in results) == 6
+    assert sum(r.claimed for r in results) == 6  # SKIP LOCKED: no row went to two runs
+    assert [_fired(pg_app, case_id, "escalate_handover") for case_id in cases] == [1] * 6

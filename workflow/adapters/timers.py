@@ -1,0 +1,63 @@
+"""The timer rows beat claims: due pending timers, taken with SKIP LOCKED under a lease.
+
+Statuses: ``pending`` (armed), ``cancelled`` (its state was left), ``fired``, ``void`` (the
+fire was refused). A claim leaves a timer pending and stamps ``fired_at`` with the claim time,
+so ``due_at`` keeps the real deadline and the partial index on pending timers still finds it:
+a pending timer with ``fired_at`` set is being fired, or was being fired by a beat run that
+died, and is claimed again once the lease has run out. Settled timers keep in ``fired_at``
+the time they were marked fired or void.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, or_, select, update
+
+from workflow.adapters import tables as tb
+from workflow.adapters.db import writing
+from workflow.service_layer.timers import DueTimer
+
+_t = tb.timers.c
+
+
+class SqlTimerStore:
+    """Implements ``TimerStore``; each call is its own short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def claim_due(self, now: datetime, limit: int, lease: timedelta) -> Sequence[DueTimer]:
+        due = (
+            select(_t.id, _t.case_id, _t.name, _t.fires_trigger, _t.due_at)
+            .where(
+                _t.status == "pending",
+                _t.due_at <= now,
+                or_(_t.fired_at.is_(None), _t.fired_at <= now - lease),
+            )
+            .order_by(_t.due_at)
+            .limit(limit)
+            # PostgreSQL: overlapping beat runs take disjoint rows. SQLite ignores this, and
+            # ``writing`` serialises the claims there instead (BEGIN IMMEDIATE).
+            .with_for_update(skip_locked=True)
+        )
+        with writing(self._engine) as conn:
+            rows = conn.execute(due).all()
+            if rows:
+                conn.execute(update(tb.timers).where(_t.id.in_([r.id for r in rows])).values(fired_at=now))
+        return [DueTimer(r.id, r.case_id, r.name, r.fires_trigger, r.due_at) for r in rows]
+
+    def mark_fired(self, timer_id: str, now: datetime) -> None:
+        # Whatever its status: the fire itself may have cancelled it (it left or re-armed its state).
+        with writing(self._engine) as conn:
+            conn.execute(update(tb.timers).where(_t.id == timer_id).values(status="fired", fired_at=now))
+
+    def mark_void(self, timer_id: str, now: datetime) -> None:
+        # A timer the case's move cancelled meanwhile stays cancelled: that says why it never fired.
+        with writing(self._engine) as conn:
+            conn.execute(
+                update(tb.timers)
+                .where(_t.id == timer_id, _t.status == "pending")
+                .values(status="void", fired_at=now)
+            )
