@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+import time as clock_time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from sqlalchemy import insert, select, update
 
-from tests.conftest import make_app
+from tests.conftest import REQUIRE_SERVICES, make_app
 from tests.support import FixedClock, advance_to, register
 from workflow.adapters import tables as tb
 from workflow.adapters.timers import SqlTimerStore
 from workflow.bootstrap import App
 from workflow.demo import KBP_CASEWORKER, TLL_TRAVEL
 from workflow.service_layer.timers import DEFAULT_LEASE, FiredCounts
+
+REDIS_URL = os.environ.get("AVRR_TEST_TIMERS_REDIS_URL", "redis://127.0.0.1:6379/13")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _timers(app: App, case_id: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -231,3 +241,88 @@ def test_overlapping_beat_runs_fire_each_timer_once(pg_app: App, clock: FixedClo
     assert sum(r.fired for r in results) == 6
     assert sum(r.claimed for r in results) == 6  # SKIP LOCKED: no row went to two runs
     assert [_fired(pg_app, case_id, "escalate_handover") for case_id in cases] == [1] * 6
+
+
+# -- beat and a worker, as real processes --------------------------------------------------------
+
+
+@pytest.fixture
+def broker() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL).flushdb()
+    except redis.ConnectionError as exc:
+        (pytest.fail if REQUIRE_SERVICES else pytest.skip)(f"Redis at {REDIS_URL} unreachable: {exc}")
+    return REDIS_URL
+
+
+def _celery(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", *command],
+            cwd=ROOT,
+            env=os.environ | env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+@pytest.fixture
+def celery_env(pg_url: str, broker: str) -> dict[str, str]:
+    return {
+        "AVRR_DATABASE_URL": pg_url,
+        "AVRR_BROKER_URL": broker,
+        "AVRR_LOG_LEVEL": "WARNING",
+        "AVRR_TIMER_POLL_SECONDS": "1",
+    }
+
+
+def _wait_for(condition: Any, timeout: float = 60.0) -> None:
+    deadline = clock_time.monotonic() + timeout
+    while not condition():
+        if clock_time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        clock_time.sleep(0.2)
+
+
+@pytest.fixture
+def stop_all() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_timer_that_fell_due_while_no_worker_ran_fires_once_when_they_start(
+    pg_app: App, celery_env: dict[str, str], tmp_path: Path, stop_all: list[subprocess.Popen[bytes]]
+) -> None:
+    case_id = advance_to(pg_app, "handover_pending")
+    (timer,) = _timers(pg_app, case_id, "handover_acknowledgement")
+    # It fell due an hour ago, while neither beat nor any worker ran: no message exists for it.
+    with pg_app.db.begin() as conn:
+        conn.execute(
+            update(tb.timers)
+            .where(tb.timers.c.id == timer["id"])
+            .values(due_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+
+    worker = ["worker", "-c", "2", "--without-gossip", "--without-mingle", "-l", "warning"]
+    stop_all.append(_celery(worker, celery_env, tmp_path / "worker.log"))
+    beat = ["beat", "-s", str(tmp_path / "beat-schedule"), "--max-interval", "1", "-l", "warning"]
+    stop_all.append(_celery(beat, celery_env, tmp_path / "beat.log"))
+
+    _wait_for(lambda: _timers(pg_app, case_id, "handover_acknowledgement")[0]["status"] == "fired")
+    clock_time.sleep(3)  # several more ticks: none fires it again
+
+    assert _fired(pg_app, case_id, "escalate_handover") == 1
+    assert _outbox(pg_app, case_id).count("HandoverEscalated") == 1
+    statuses = [t["status"] for t in _timers(pg_app, case_id, "handover_acknowledgement")]
+    assert statuses == ["fired", "pending"]  # re-armed for the next period, not due yet
+    assert all(proc.poll() is None for proc in stop_all), (tmp_path / "worker.log").read_text()
