@@ -3,14 +3,18 @@
 
 Creates ./.venv, installs the project from pyproject.toml (again only when it changes), then
 runs the engine on its embedded default or runs the checks and the test suite.
+`python3 dev.py run --serve` keeps the worker, relay and beat running after the story, until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -37,10 +41,106 @@ def setup() -> None:
         STAMP.write_text(digest)
 
 
-def run() -> int:
-    """The engine on its embedded default: SQLite under ./var, the seed family's story."""
+# The processes beside the engine on the embedded default: two worker processes at most, as
+# SQLite has one writer at a time; the filesystem broker is shared through files under ./var.
+PROCESSES = {
+    "worker": ["worker", "--concurrency", "2"],
+    "relay": ["relay"],
+    "beat": ["beat"],
+}
+SMTP_SINK = ("127.0.0.1", 1025)  # config/settings.py's default SMTP host and port
+
+
+def _start(name: str, argv: list[str | Path], logs: Path) -> subprocess.Popen[bytes]:
+    # A session of its own: Ctrl-C reaches dev.py only, which then stops each process itself.
+    with (logs / f"{name}.log").open("ab") as log:
+        return subprocess.Popen(  # noqa: S603
+            [str(a) for a in argv], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    for name, proc in processes.items():
+        if proc.poll() is None:  # aiosmtpd stops cleanly on SIGINT only
+            proc.send_signal(signal.SIGINT if name == "smtp" else signal.SIGTERM)
+    for name, proc in processes.items():
+        try:
+            code = proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        print(f"stopped {name} (exit {code})", flush=True)
+
+
+def _check(name: str) -> bool:
+    check = subprocess.run(  # noqa: S603
+        [str(BIN / "avrr"), name, "--check"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if check.returncode == 0:
+        print("  " + check.stdout.strip(), flush=True)
+    return check.returncode == 0
+
+
+def _smtp_sink_needed() -> bool:
+    """Only for the default SMTP host, and only when nothing listens there already."""
+    if "AVRR_SMTP_HOST" in os.environ or "AVRR_SMTP_PORT" in os.environ:
+        return False
+    with socket.socket() as probe:
+        return probe.connect_ex(SMTP_SINK) != 0
+
+
+def run(extra: list[str]) -> int:
+    """The engine on its embedded default (SQLite under ./var, the broker in files, no server):
+    worker, relay and beat beside it, the seed family's story, and what the workers did."""
+    from datetime import UTC, datetime
+
+    serve = "--serve" in extra
+    # Ctrl-C, or a SIGTERM to dev.py, stops the processes below before dev.py exits.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     _sh(BIN / "avrr", "db", "upgrade")
-    return _sh(BIN / "avrr", "demo", check=False)
+    logs = ROOT / "var" / "log"
+    logs.mkdir(parents=True, exist_ok=True)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    mail = ROOT / "var" / "mail"
+    try:
+        for name, argv in PROCESSES.items():
+            processes[name] = _start(name, [BIN / "avrr", *argv], logs)
+        if _smtp_sink_needed():  # a local SMTP server that keeps each e-mail in var/mail (Maildir)
+            host, port = SMTP_SINK
+            sink = [BIN / "python", "-m", "aiosmtpd", "-n", "-u", "-l", f"{host}:{port}"]
+            processes["smtp"] = _start("smtp", [*sink, "-c", "aiosmtpd.handlers.Mailbox", mail], logs)
+        print(f"started {', '.join(processes)} (logs in {logs.relative_to(ROOT)}/)", flush=True)
+        deadline = time.monotonic() + 30
+        while not _check("worker"):
+            dead = [name for name, proc in processes.items() if proc.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                print(f"the worker did not start ({', '.join(dead) or 'no pong'}): see var/log/", flush=True)
+                return 1
+            time.sleep(0.5)
+        started = datetime.now(UTC).replace(microsecond=0)
+        since = started.strftime("%Y-%m-%dT%H:%M:%S")
+        code = _sh(BIN / "avrr", "demo", check=False)
+        if code:
+            return code
+        print("\nwaiting for the workers to run the story's events (60 s at most)", flush=True)
+        code = _sh(BIN / "avrr", "wait-idle", "--since", since, "--timeout", "60", check=False)
+        if "smtp" in processes and (mail / "new").is_dir():
+            caught = [m for m in (mail / "new").iterdir() if m.stat().st_mtime >= started.timestamp()]
+            print(f"e-mails caught by the local SMTP sink (Maildir var/mail): {len(caught)}")
+        print("health checks:", flush=True)
+        healthy = all([_check(name) for name in PROCESSES])
+        if serve:
+            print("running until Ctrl-C", flush=True)
+            while not (dead := [name for name, proc in processes.items() if proc.poll() is not None]):
+                time.sleep(1)
+            print(f"{', '.join(dead)} stopped on its own: see var/log/", flush=True)
+            return 1
+        return code or (0 if healthy else 1)
+    except KeyboardInterrupt:
+        return 0 if serve else 130
+    finally:
+        _stop(processes)
 
 
 def test(extra: list[str]) -> int:
@@ -68,7 +168,7 @@ def main() -> int:
     setup()
     if command == "setup":
         return 0
-    return run() if command == "run" else test(extra)
+    return run(extra) if command == "run" else test(extra)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,6 @@ def worker(
     ] = None,
     queues: Annotated[str, typer.Option("--queues", "-Q", help="comma-separated queues")] = DEFAULT_QUEUE,
     name: Annotated[str, typer.Option("--name", "-n", help="node name")] = "",
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
     check: CheckOpt = False,
     timeout: Annotated[float, typer.Option(help="--check: seconds to wait for the pong")] = 5.0,
 ) -> None:
@@ -79,7 +78,8 @@ def worker(
             raise typer.Exit(1)
         typer.echo(f"worker {node}: healthy")
         return
-    argv = ["worker", "-n", node, "-Q", queues, "-l", loglevel, "--without-gossip", "--without-mingle"]
+    # Logging is ours (AVRR_LOG_LEVEL, workers/app.py), not Celery's: no --loglevel here.
+    argv = ["worker", "-n", node, "-Q", queues, "--without-gossip", "--without-mingle"]
     if concurrency:
         argv += ["-c", str(concurrency)]
     app.worker_main(argv)
@@ -100,7 +100,6 @@ def beat(
     schedule: Annotated[
         Path, typer.Option("--schedule", "-s", help="beat's schedule file (last run of each entry)")
     ] = DEFAULT_SCHEDULE,
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l")] = "INFO",
     check: CheckOpt = False,
     max_age: MaxAgeOpt = FRESH_SECONDS,
 ) -> None:
@@ -121,9 +120,7 @@ def beat(
     schedule.parent.mkdir(parents=True, exist_ok=True)
     app = _celery()
     app.conf.beat_scheduler = HeartbeatScheduler
-    code = app.start(
-        ["beat", "-s", str(schedule), "-l", loglevel, "--max-interval", str(BEAT_MAX_INTERVAL), "--pidfile="]
-    )
+    code = app.start(["beat", "-s", str(schedule), "--max-interval", str(BEAT_MAX_INTERVAL), "--pidfile="])
     raise typer.Exit(code or 0)
 
 
@@ -213,7 +210,7 @@ def wait_idle(
             if progress["idle"] or time.monotonic() >= deadline:
                 break
             time.sleep(0.5)
-        for line in _summary(db, progress, sms_sink):
+        for line in _summary(db, progress, sms_sink, start):
             typer.echo(line)
     finally:
         db.dispose()
@@ -254,7 +251,7 @@ def _progress(db: Any, start: datetime | None) -> dict[str, Any]:
     }
 
 
-def _summary(db: Any, progress: dict[str, Any], sms_sink: Path) -> list[str]:
+def _summary(db: Any, progress: dict[str, Any], sms_sink: Path, since: datetime | None) -> list[str]:
     from sqlalchemy import func, inspect, select
 
     from workflow.adapters import tables as tb
@@ -302,10 +299,30 @@ def _summary(db: Any, progress: dict[str, Any], sms_sink: Path) -> list[str]:
             lines.append("e-mail: none delivered (no SMTP server in development? see the errors below)")
     else:
         lines.append("notifications: not run by the workers yet (no deliveries table)")
-    sms = sum(1 for line in sms_sink.read_text().splitlines() if line.strip()) if sms_sink.exists() else 0
-    lines.append(f"SMS in {sms_sink}: {sms} messages in the file")
-    lines += [f"  error x{n}: {error}" for error, n in errors]
+    lines.append(_sms_line(sms_sink, since))
+    if errors:
+        lines.append("errors of the jobs not done:")
+        lines += [f"  {n} x {error}" for error, n in errors]
     return lines
+
+
+def _sms_line(sink: Path, since: datetime | None) -> str:
+    """How many SMS the file sink holds (from ``since`` on, by their sent_at)."""
+    import json
+
+    if not sink.exists():
+        return f"SMS in {sink}: none (no file)"
+    stamps: list[datetime] = []
+    for line in sink.read_text().splitlines():
+        try:
+            stamp = datetime.fromisoformat(json.loads(line)["sent_at"])
+            stamps.append(stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC))
+        except (ValueError, KeyError, TypeError):  # blank, or a line torn by a writer that died
+            continue
+    if since is None:
+        return f"SMS in {sink}: {len(stamps)}"
+    recent = sum(1 for stamp in stamps if stamp >= since)
+    return f"SMS written to {sink}: {recent} ({len(stamps)} in the file)"
 
 
 def register(app: typer.Typer) -> None:
