@@ -13,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import ColumnClause, Engine, literal_column, or_, select, update
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
 from workflow.service_layer.timers import DueTimer
 
 _t = tb.timers.c
+# A literal, not a bound parameter: a generic plan for a prepared statement can prove the partial
+# index's predicate (status = 'pending') only from a constant, and otherwise scans the table.
+_PENDING: ColumnClause[str] = literal_column("'pending'")
 
 
 class SqlTimerStore:
@@ -32,7 +35,7 @@ class SqlTimerStore:
         due = (
             select(_t.id, _t.case_id, _t.name, _t.fires_trigger, _t.due_at)
             .where(
-                _t.status == "pending",
+                _t.status == _PENDING,
                 _t.due_at <= now,
                 or_(_t.fired_at.is_(None), _t.fired_at <= now - lease),
             )
