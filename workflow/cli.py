@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from config.logging import configure_logging
 from config.settings import get_settings
 from workflow.bootstrap import App, bootstrap
+from workflow.cli_ops import ops_app
 from workflow.domain import diagram
 from workflow.domain.actors import Actor, Role
 from workflow.domain.errors import ALL_ERRORS, DomainError, InvalidPayload
@@ -27,6 +28,7 @@ lifecycle_app = typer.Typer(help="The lifecycle definition.", no_args_is_help=Tr
 office_app = typer.Typer(help="Offices of the programme.", no_args_is_help=True)
 for sub, name in ((db_app, "db"), (case_app, "case"), (lifecycle_app, "lifecycle"), (office_app, "office")):
     app.add_typer(sub, name=name)
+app.add_typer(ops_app, name="ops")
 
 # One exit code per domain error, so scripts can tell refusals apart (documented in README).
 EXIT_CODES = {error: 10 + i for i, error in enumerate(ALL_ERRORS)}
@@ -85,11 +87,17 @@ def db_upgrade(revision: str = "head") -> None:
 
 
 @office_app.command("add")
-def office_add(code: str, name: str, country: str, webhook_url: str | None = None) -> None:
+def office_add(
+    code: str,
+    name: str,
+    country: str,
+    webhook_url: Annotated[str | None, typer.Option(help="another deployment's handover endpoint")] = None,
+    email: Annotated[str | None, typer.Option(help="where staff notices for this office go")] = None,
+) -> None:
     """Register an office (code, display name, ISO country)."""
     from workflow.adapters.views import ensure_office
 
-    added = ensure_office(_app().db, code, name, country, webhook_url)
+    added = ensure_office(_app().db, code, name, country, webhook_url, email)
     typer.echo(f"office {code} {'added' if added else 'already present'}")
 
 

@@ -68,7 +68,6 @@ def test_compose_declares_the_processes_restarting_after_migrate_with_health_che
     assert "FLOWER_BASIC_AUTH" in (ROOT / ".env.example").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="the Dockerfile does not COPY workers/ yet")
 def test_the_image_holds_every_package_the_services_run() -> None:
     copied = set(re.findall(r"^COPY (\w+) ", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE))
     assert {"workflow", "workers", "config", "migrations"} <= copied
