@@ -30,6 +30,8 @@ def celery_config(
                 "data_folder_in": str(broker_dir),
                 "data_folder_out": str(broker_dir),
                 "processed_folder": str(data_dir / "broker-processed"),
+                # Broadcasts (ping, inspect) beside the messages, not in ./control of the cwd.
+                "control_folder": str(data_dir / "broker-control"),
                 "store_processed": False,
             }
             if embedded

@@ -36,12 +36,6 @@ MaxAgeOpt = Annotated[float, typer.Option("--max-age", help="--check: the heartb
 def _celery() -> Celery:
     from workers.app import app
 
-    options = app.conf.broker_transport_options
-    if "data_folder_in" in options:
-        # The embedded (filesystem) broker keeps its broadcast tables (control, ping) beside
-        # its messages rather than in ./control of whatever directory the process started in.
-        options.setdefault("control_folder", str(DATA_DIR / "broker-control"))
-        Path(options["control_folder"]).mkdir(parents=True, exist_ok=True)
     return app
 
 
