@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psycopg
@@ -14,8 +14,9 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError as DatabaseError
 
+from workers.jobs import send_job
 from workflow.adapters.relay import OutboxMessage, OutboxRelay
-from workflow.service_layer.effects import runnable_effects
+from workflow.service_layer.effects import Job, runnable_effects
 
 log = structlog.get_logger(__name__)
 CHANNEL = "avrr_outbox"
@@ -23,18 +24,14 @@ CHANNEL = "avrr_outbox"
 DEFAULT_HEARTBEAT = Path("var/relay.heartbeat")
 
 
-def celery_publisher(app: Celery) -> object:
+def celery_publisher(app: Celery) -> Callable[[Sequence[OutboxMessage]], None]:
+    """One message per runnable effect of each event, on one producer connection per batch."""
+
     def publish(batch: Sequence[OutboxMessage]) -> None:
         with app.producer_or_acquire() as producer:
             for m in batch:
                 for effect in runnable_effects(m.event_type):
-                    app.send_task(
-                        "avrr.effects.run",
-                        args=[m.event_id, m.event_type, m.case_id, effect.name],
-                        producer=producer,
-                        retry=True,
-                        retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
-                    )
+                    send_job(app, Job(m.event_id, m.event_type, m.case_id, effect.name), producer)
 
     return publish
 
@@ -66,7 +63,7 @@ def run(
     *,
     heartbeat: Path | None = DEFAULT_HEARTBEAT,
 ) -> None:
-    relay = OutboxRelay(db, celery_publisher(app))  # type: ignore[arg-type]
+    relay = OutboxRelay(db, celery_publisher(app))
     waker, backoff = Waker(db, interval), interval
     if heartbeat is not None:
         heartbeat.parent.mkdir(parents=True, exist_ok=True)
