@@ -84,11 +84,13 @@ def test_a_timer_fired_again_after_a_crash_before_it_was_marked_moves_the_case_o
     case_id = advance_to(app, "handover_pending")
     timer = _due(app, clock, case_id, "handover_acknowledgement")
     app.timers.fire_due()
-    # The crash: the transition committed, the timer row never heard of it.
+    # The crash: the transition committed, the timer row never heard of it (still claimed).
     with app.db.begin() as conn:
         conn.execute(
             update(tb.timers).where(tb.timers.c.id == timer["id"]).values(status="pending", fired_at=None)
         )
+    assert app.timers.fire_due() == FiredCounts()  # its lease has not run out yet
+    clock.advance(seconds=DEFAULT_LEASE.total_seconds())
 
     again = app.timers.fire_due()
 

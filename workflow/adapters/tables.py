@@ -288,6 +288,7 @@ timers = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", Stamp, nullable=False),
     Column("fired_at", Stamp),
+    Column("claimed_at", Stamp),  # a beat run is firing it; claimed again once the lease runs out
     # Beat's query: pending timers by due time.
     Index(
         "ix_timers_due",

@@ -1,11 +1,10 @@
 """The timer rows beat claims: due pending timers, taken with SKIP LOCKED under a lease.
 
 Statuses: ``pending`` (armed), ``cancelled`` (its state was left), ``fired``, ``void`` (the
-fire was refused). A claim leaves a timer pending and stamps ``fired_at`` with the claim time,
-so ``due_at`` keeps the real deadline and the partial index on pending timers still finds it:
-a pending timer with ``fired_at`` set is being fired, or was being fired by a beat run that
-died, and is claimed again once the lease has run out. Settled timers keep in ``fired_at``
-the time they were marked fired or void.
+fire was refused). A claim leaves a timer pending and stamps ``claimed_at``, so the partial
+index on pending timers still finds it: a pending timer with ``claimed_at`` set is being fired,
+or was being fired by a beat run that died, and is claimed again once the lease has run out.
+``fired_at`` is the time it was marked fired or void.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ class SqlTimerStore:
             .where(
                 _t.status == _PENDING,
                 _t.due_at <= now,
-                or_(_t.fired_at.is_(None), _t.fired_at <= now - lease),
+                or_(_t.claimed_at.is_(None), _t.claimed_at <= now - lease),
             )
             .order_by(_t.due_at)
             .limit(limit)
@@ -48,7 +47,7 @@ class SqlTimerStore:
         with writing(self._engine) as conn:
             rows = conn.execute(due).all()
             if rows:
-                conn.execute(update(tb.timers).where(_t.id.in_([r.id for r in rows])).values(fired_at=now))
+                conn.execute(update(tb.timers).where(_t.id.in_([r.id for r in rows])).values(claimed_at=now))
         return [DueTimer(r.id, r.case_id, r.name, r.fires_trigger, r.due_at) for r in rows]
 
     def mark_fired(self, timer_id: str, now: datetime) -> None:
