@@ -352,3 +352,50 @@ dead_letters = Table(
         sqlite_where=text("replayed_at IS NULL"),
     ),
 )
+
+# API tokens for people and machine clients: shown once, stored as a SHA-256 digest (the
+# token is 256 random bits, so a plain digest cannot be reversed), bound to roles and an office.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("prefix", String(16), nullable=False, unique=True),  # the public part, for lookup
+    Column("secret_hash", String(64), nullable=False),
+    Column("name", String(120), nullable=False),
+    Column("actor_id", String(120), nullable=False),
+    Column("office", ForeignKey("offices.code")),
+    Column("roles", String(200), nullable=False),  # comma-separated Role values
+    Column("created_at", Stamp, nullable=False),
+    Column("expires_at", Stamp, nullable=False),
+    Column("revoked_at", Stamp),
+    Column("last_used_at", Stamp),
+)
+
+# Every refused attempt and every read of a case's personal data (who, what, outcome).
+access_log = Table(
+    "access_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", Stamp, nullable=False),
+    Column("actor_id", String(120)),  # none when the credentials were missing or bad
+    Column("office", String(32)),
+    Column("case_id", Id),
+    Column("action", String(64), nullable=False),
+    Column("request_id", String(64)),
+    Column("outcome", String(48), nullable=False),  # "ok" or the refusal's error code
+    Index(None, "case_id", "at"),
+    Index(None, "at"),
+)
+
+# Signed deliveries received from another deployment (a handover package, an acceptance):
+# the idempotency key makes a redelivery answer as the first one did and change nothing.
+inbound_deliveries = Table(
+    "inbound_deliveries",
+    metadata,
+    Column("idempotency_key", String(200), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("case_id", Id, nullable=False),
+    Column("from_office", String(32), nullable=False),
+    Column("body_digest", String(64), nullable=False),
+    Column("received_at", Stamp, nullable=False),
+)
