@@ -8,6 +8,7 @@ Effects are observed through the ``jobs`` table (one row per (event, effect), st
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from tests.integration.processes import (
     Popen,
@@ -31,7 +32,7 @@ from tests.integration.processes import (
     wait_for_pool,
 )
 from tests.servers import smtp_server
-from tests.support import register
+from tests.support import advance_to, register
 from workflow.adapters import tables as tb
 from workflow.bootstrap import App
 from workflow.demo import STEPS
@@ -220,3 +221,68 @@ def test_redis_killed_and_restarted_mid_stream_loses_nothing_and_runs_each_job_o
     assert len(tasks) == len(set(tasks)) == len(task_effects(expected))
     assert worker.poll() is None
     print(f"stranded deliveries restored: {len(stranded)}, jobs: {len(expected)}")
+
+
+# -- 2. kill -9 of a worker's pool process in the middle of a handler -------------------------
+
+BLOCKED_BY = text(
+    "SELECT a.pid, a.query FROM pg_stat_activity a WHERE :holder = ANY(pg_blocking_pids(a.pid))"
+)
+
+
+def test_a_pool_process_killed_mid_handler_runs_the_job_again_and_its_effect_happens_once(
+    pg_url: str,
+    pg_app: App,
+    broker: RedisServer,
+    channels: dict[str, str],
+    processes: list[Popen],
+    tmp_path: Path,
+) -> None:
+    """The test holds an ACCESS EXCLUSIVE lock on ``tasks``: the first task job counts its
+    attempt, then waits inside its transaction for the lock, provably mid-handler. SIGKILL of
+    that pool process: with acks_late and reject_on_worker_lost the worker's main process puts
+    the message straight back on the queue and forks a new pool process, which runs it again.
+
+    Only the pool process is killed. Killing the whole worker (main process included) would
+    leave the message unacknowledged in Redis until the visibility timeout (360 s, see
+    config/celery.py) made Redis hand it out again: the same outcome, too slow for a test."""
+    advance_to(pg_app, "return_approved")
+    expected = expected_jobs(pg_app.db)
+    assert task_effects(expected), "the story up to return_approved creates tasks"
+    worker = start_worker(pg_url, broker.url(), tmp_path / "worker.log", 1, channels)
+    processes.append(worker)
+    (pool,) = wait_for_pool(worker, 1)
+
+    with pg_app.db.connect() as holder:
+        holder.execute(text("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE"))  # in an open transaction
+        holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+        def blocked() -> list[str]:
+            with pg_app.db.connect() as conn:
+                return [row.query for row in conn.execute(BLOCKED_BY, {"holder": holder_pid})]
+
+        processes.append(start_relay(pg_url, broker.url(), tmp_path / "relay.log"))
+        queries = wait_for(blocked, 30, "a handler waiting for the lock on tasks")
+        assert len(queries) == 1 and queries[0].lstrip().upper().startswith("INSERT INTO TASKS")
+        ((key, attempts),) = [(k, n) for k, (status, n) in jobs(pg_app.db).items() if status == "running"]
+        assert key[1].startswith("create_task:") and attempts == 1
+
+        os.kill(pool, signal.SIGKILL)
+        (new_pool,) = wait_for(lambda: [p for p in wait_for_pool(worker, 1) if p != pool], 30, "a new pool")
+        # Redelivered at once, counted, and waiting for the same lock again.
+        wait_for(lambda: jobs(pg_app.db)[key] == ("running", 2), 30, "the job's second attempt")
+        wait_for(lambda: len(blocked()) == 2, 30, "the second attempt at the lock")  # and the dead one's
+        holder.rollback()  # releases the lock
+
+    wait_for(lambda: all_done(pg_app.db, expected), 60, f"{len(expected)} jobs done")
+    time.sleep(1.0)  # a duplicate delivery would have run by now
+    ran = jobs(pg_app.db)
+    assert set(ran) == expected
+    assert ran[key] == ("done", 2)
+    assert {k: v for k, v in ran.items() if k != key} == {k: ("done", 1) for k in expected - {key}}
+    tasks = task_keys(pg_app.db)
+    assert len(tasks) == len(set(tasks)) == len(task_effects(expected))
+    event_id, effect = key
+    assert [kind for source, kind in tasks if source == event_id] == [effect.split(":")[1]]
+    assert unsent(pg_app.db) == 0
+    assert worker.poll() is None and wait_for_pool(worker, 1) == [new_pool]
