@@ -9,6 +9,7 @@ Effects are observed through the ``jobs`` table (one row per (event, effect), st
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -21,8 +22,10 @@ import pytest
 from sqlalchemy import Engine, func, select, text
 
 from tests.integration.processes import (
+    QUEUE,
     Popen,
     RedisServer,
+    queued_jobs,
     restore_now,
     start_relay,
     start_worker,
@@ -286,3 +289,69 @@ def test_a_pool_process_killed_mid_handler_runs_the_job_again_and_its_effect_hap
     assert [kind for source, kind in tasks if source == event_id] == [effect.split(":")[1]]
     assert unsent(pg_app.db) == 0
     assert worker.poll() is None and wait_for_pool(worker, 1) == [new_pool]
+
+
+# -- 3. the relay dies after publishing, before marking the rows sent -------------------------
+
+# Publishes the batch for real, then dies before relay_once commits: the crash point.
+CRASH_AFTER_PUBLISH = """
+celery_publisher = relay.celery_publisher
+
+def publish_then_die(app):
+    publish = celery_publisher(app)
+
+    def publish_batch(batch):
+        publish(batch)
+        print(f"published {len(batch)} outbox rows; dying before the commit", flush=True)
+        os._exit(9)
+
+    return publish_batch
+
+relay.celery_publisher = publish_then_die
+"""
+RECEIVED = re.compile(r"avrr\.effects\.run\[([0-9a-f-]+)\] received")
+
+
+def test_a_relay_killed_between_publish_and_commit_publishes_again_and_each_effect_happens_once(
+    pg_url: str,
+    pg_app: App,
+    broker: RedisServer,
+    channels: dict[str, str],
+    processes: list[Popen],
+    tmp_path: Path,
+) -> None:
+    for _ in range(3):
+        advance_to(pg_app, "return_approved")
+    expected = expected_jobs(pg_app.db)
+    rows = unsent(pg_app.db)
+    redis_client = broker.client()
+
+    crashing = start_relay(pg_url, broker.url(), tmp_path / "relay-1.log", patch=CRASH_AFTER_PUBLISH)
+    assert crashing.wait(30) == 9
+    # The rows are still unsent: the transaction that marked them died with the process.
+    assert unsent(pg_app.db) == rows
+    with pg_app.db.connect() as conn:
+        assert set(conn.scalars(select(o.attempts))) == {0}
+    first = queued_jobs(redis_client)
+    assert len(first) == len(expected) and {(a[0], a[3]) for a in first} == expected
+
+    processes.append(start_relay(pg_url, broker.url(), tmp_path / "relay-2.log"))
+    wait_for(lambda: unsent(pg_app.db) == 0, 30, "the second relay to send every row")
+    queued = Counter((a[0], a[3]) for a in queued_jobs(redis_client))
+    assert queued == dict.fromkeys(expected, 2)  # every job is on the queue twice
+
+    log = tmp_path / "worker.log"
+    processes.append(start_worker(pg_url, broker.url(), log, 2, channels))
+
+    def received() -> set[str]:  # task ids the worker logged as received
+        return set(RECEIVED.findall(log.read_text(errors="replace")))
+
+    wait_for(lambda: len(received()) == 2 * len(expected), 60, "both deliveries of every job")
+    wait_for(lambda: redis_client.llen(QUEUE) == 0 and redis_client.hlen("unacked") == 0, 30, "acks")
+    wait_for(lambda: all_done(pg_app.db, expected), 30, f"{len(expected)} jobs done")
+
+    # The second delivery of each job found it done: one handler run each, one task each.
+    assert jobs(pg_app.db) == dict.fromkeys(expected, ("done", 1))
+    tasks = task_keys(pg_app.db)
+    assert len(tasks) == len(set(tasks)) == len(task_effects(expected))
+    assert len(received()) == 2 * len(expected)
