@@ -9,17 +9,21 @@ Effects are observed through the ``jobs`` table (one row per (event, effect), st
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
+import sys
 import threading
 import time
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, insert, select, text
 
 from tests.integration.processes import (
     QUEUE,
@@ -27,6 +31,7 @@ from tests.integration.processes import (
     RedisServer,
     queued_jobs,
     restore_now,
+    spawn,
     start_relay,
     start_worker,
     stop,
@@ -355,3 +360,102 @@ def test_a_relay_killed_between_publish_and_commit_publishes_again_and_each_effe
     tasks = task_keys(pg_app.db)
     assert len(tasks) == len(set(tasks)) == len(task_effects(expected))
     assert len(received()) == 2 * len(expected)
+
+
+# -- 4. three relays at once over 10,000 outbox rows ------------------------------------------
+
+ROWS, OUTBOX_CASES, RELAYS = 10_000, 500, 3
+# OutboxRelay with a publisher that appends "case_id:outbox_id" to a Redis list. Each relay
+# reports ready, waits for the common start signal, and stops once no row is unsent.
+LIST_RELAY_SCRIPT = """
+import sys, time
+import redis
+from sqlalchemy import func, select
+from workflow.adapters import tables as tb
+from workflow.adapters.db import make_engine
+from workflow.adapters.relay import OutboxRelay
+
+database_url, redis_url, name = sys.argv[1:4]
+client = redis.Redis.from_url(redis_url)
+engine = make_engine(database_url, pool_size=2)
+unsent = select(func.count()).select_from(tb.outbox).where(tb.outbox.c.sent_at.is_(None))
+
+def publish(batch):
+    client.rpush("published", *[f"{m.case_id}:{m.id}" for m in batch])
+    client.hincrby("published_by", name, len(batch))
+
+relay = OutboxRelay(engine, publish)
+client.rpush("ready", name)
+assert client.blpop(["go:" + name], timeout=60), "no start signal"
+while True:
+    if relay.relay_once():
+        continue
+    with engine.connect() as conn:
+        if not conn.scalar(unsent):
+            break
+    time.sleep(0.005)  # the rows left are another relay's, or wait behind one of its rows
+"""
+
+
+def test_three_relays_share_10000_rows_each_published_once_in_order_per_case(
+    pg_url: str,
+    pg_app: App,
+    broker: RedisServer,
+    processes: list[Popen],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # outbox.case_id has no foreign key: rows need no cases. Shuffled, so a batch of 500 holds
+    # rows of hundreds of cases and the relays keep meeting each other's cases.
+    order = [f"case-{n % OUTBOX_CASES:04d}" for n in range(ROWS)]
+    random.Random(3).shuffle(order)
+    versions: Counter[str] = Counter()
+    rows = []
+    for position, case_id in enumerate(order, start=1):
+        versions[case_id] += 1
+        rows.append(
+            {
+                "id": position,
+                "event_id": str(uuid.uuid4()),
+                "case_id": case_id,
+                "case_version": versions[case_id],
+                "event_type": "ReturnApproved",
+                "payload": {},
+                "occurred_at": datetime.now(UTC),
+            }
+        )
+    with pg_app.db.begin() as conn:
+        conn.execute(insert(tb.outbox), rows)
+    client = broker.client(14)
+    relays = [
+        spawn(
+            [sys.executable, "-c", LIST_RELAY_SCRIPT, pg_url, broker.url(14), f"relay-{n}"],
+            tmp_path / f"relay-{n}.log",
+        )
+        for n in range(RELAYS)
+    ]
+    processes.extend(relays)
+    wait_for(lambda: client.llen("ready") == RELAYS, 30, "the relays to start")
+
+    started = time.monotonic()
+    for n in range(RELAYS):
+        client.rpush(f"go:relay-{n}", 1)
+    assert [relay.wait(60) for relay in relays] == [0] * RELAYS
+    elapsed = time.monotonic() - started
+
+    published = [entry.decode().split(":") for entry in client.lrange("published", 0, -1)]
+    ids = [int(row_id) for _, row_id in published]
+    assert len(ids) == ROWS and sorted(ids) == list(range(1, ROWS + 1))  # each row exactly once
+    per_case: dict[str, list[int]] = {}
+    for case_id, row_id in published:
+        per_case.setdefault(case_id, []).append(int(row_id))
+    assert len(per_case) == OUTBOX_CASES
+    assert [case for case, got in per_case.items() if got != sorted(got)] == []  # in order per case
+    shares = {name.decode(): int(count) for name, count in client.hgetall("published_by").items()}
+    with capsys.disabled():
+        print(f"\n{RELAYS} relays moved {ROWS} outbox rows in {elapsed:.2f} s: {shares}")
+    assert sum(shares.values()) == ROWS
+    assert sorted(shares) == [f"relay-{n}" for n in range(RELAYS)] and min(shares.values()) > 0, shares
+    assert unsent(pg_app.db) == 0
+    with pg_app.db.connect() as conn:
+        assert set(conn.scalars(select(o.attempts))) == {1}
