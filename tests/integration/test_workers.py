@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,18 +16,20 @@ from sqlalchemy import func, select
 
 from config.celery import celery_config
 from tests.conftest import REQUIRE_SERVICES
+from tests.integration.processes import start_worker, stop, wait_for
+from tests.servers import smtp_server
 from tests.support import advance_to
 from workers import relay
 from workflow.adapters import tables as tb
 from workflow.adapters.clock import SystemClock
 from workflow.adapters.jobs import SqlJobStore
 from workflow.bootstrap import App
+from workflow.domain.effects import CREATE_TASK
 from workflow.domain.lifecycle import LIFECYCLE
 from workflow.service_layer.effects import EffectRunner, Job, runnable_effects
 
 pytestmark = pytest.mark.postgres
 REDIS_URL = os.environ.get("AVRR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -42,32 +43,11 @@ def broker() -> str:
 
 @pytest.fixture
 def worker(pg_url: str, broker: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = os.environ | {"AVRR_DATABASE_URL": pg_url, "AVRR_BROKER_URL": broker, "AVRR_LOG_LEVEL": "WARNING"}
-    log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-c",
-            "2",
-            "--without-gossip",
-            "--without-mingle",
-            "-l",
-            "warning",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield proc
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    with smtp_server() as (smtp, _):
+        notices = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
+        proc = start_worker(pg_url, broker, tmp_path / "worker.log", 2, notices)
+        yield proc
+        stop(proc, 30)
 
 
 @pytest.fixture
@@ -82,15 +62,6 @@ def relay_thread(pg_app: App, broker: str) -> Iterator[threading.Event]:
     thread.join(10)
 
 
-def _wait_for(condition: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out")
-
-
 def _tasks(app: App, case_id: str) -> list[str]:
     with app.db.connect() as conn:
         t = tb.tasks.c
@@ -102,9 +73,9 @@ def test_committed_transitions_reach_a_worker_and_create_their_tasks_once(
 ) -> None:
     case_id = advance_to(pg_app, "reintegration_counselling")
     events = [e for h in pg_app.views.history(case_id) for e in LIFECYCLE.by_trigger[h["trigger"]].events]
-    expected = sorted(effect.subject for event in events for effect in runnable_effects(event))
+    expected = sorted(e.subject for event in events for e in runnable_effects(event) if e.kind == CREATE_TASK)
 
-    _wait_for(lambda: len(_tasks(pg_app, case_id)) >= len(expected))
+    wait_for(lambda: len(_tasks(pg_app, case_id)) >= len(expected))
     time.sleep(1.0)  # anything duplicated would arrive by now
 
     assert _tasks(pg_app, case_id) == expected
@@ -122,7 +93,7 @@ def test_a_job_delivered_twice_creates_its_task_once(pg_app: App) -> None:
     case_id = advance_to(pg_app, "return_approved")
     with pg_app.db.connect() as conn:
         event_id = conn.scalar(select(tb.outbox.c.event_id).where(tb.outbox.c.event_type == "ReturnApproved"))
-    (effect,) = runnable_effects("ReturnApproved")
+    (effect,) = [e for e in runnable_effects("ReturnApproved") if e.kind == CREATE_TASK]
     runner = EffectRunner(lambda: SqlJobStore(pg_app.db), SystemClock(), max_attempts=5)
     job = Job(event_id, "ReturnApproved", case_id, effect.name)
 
@@ -134,7 +105,7 @@ def test_a_job_that_keeps_dying_is_dead_lettered_after_its_attempt_cap(pg_app: A
     case_id = advance_to(pg_app, "return_approved")
     with pg_app.db.connect() as conn:
         event_id = conn.scalar(select(tb.outbox.c.event_id).where(tb.outbox.c.event_type == "ReturnApproved"))
-    (effect,) = runnable_effects("ReturnApproved")
+    (effect,) = [e for e in runnable_effects("ReturnApproved") if e.kind == CREATE_TASK]
     store = SqlJobStore(pg_app.db)
     job = Job(event_id, "ReturnApproved", case_id, effect.name)
     for _ in range(3):  # three deliveries whose worker died mid-job: attempts counted, never finished
