@@ -55,6 +55,22 @@ class Settings(BaseSettings):
     timer_poll_seconds: float = Field(default=10.0, gt=0)
     timer_batch_size: int = Field(default=100, gt=0)
 
+    # HTTP API: API tokens always; OIDC/JWT bearer tokens when an issuer is set. Algorithms are
+    # pinned (never taken from the token's header); the key comes from the JWKS URL or a PEM.
+    api_token_days: int = Field(default=90, gt=0)
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    oidc_algorithms: list[str] = ["RS256"]
+    oidc_jwks_url: str | None = None
+    oidc_public_key: str | None = None
+    oidc_office_claim: str = "avrr_office"
+    oidc_roles_claim: str = "avrr_roles"
+    # Rate limits ("N/period", the `limits` notation): failed token checks per client address,
+    # and money requests per actor. Counted in Redis when a broker URL is set, else per process.
+    rate_limit_auth_failures: str = "20/minute"
+    rate_limit_money: str = "60/minute"
+    api_workers: int = Field(default=2, gt=0)
+
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:
         if self.environment == "development":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -47,6 +47,7 @@ class App:
     transitions: TransitionService
     views: CaseViews
     timers: TimerService
+    clock: Clock = field(default_factory=SystemClock)
 
     def uow(self) -> SqlUnitOfWork:
         return SqlUnitOfWork(self.db)
@@ -60,7 +61,7 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None, db: 
     clock = clock or SystemClock()
     service = TransitionService(lambda: SqlUnitOfWork(db), programme_from(settings), clock)
     timers = TimerService(SqlTimerStore(db), service, clock)
-    return App(db=db, transitions=service, views=CaseViews(db), timers=timers)
+    return App(db=db, transitions=service, views=CaseViews(db), timers=timers, clock=clock)
 
 
 def channels_from(settings: Settings) -> dict[str, Channel]:

@@ -16,6 +16,7 @@ from config.logging import configure_logging
 from config.settings import get_settings
 from workflow.bootstrap import App, bootstrap
 from workflow.cli_ops import ops_app
+from workflow.cli_tokens import token_app
 from workflow.domain import diagram
 from workflow.domain.actors import Actor, Role
 from workflow.domain.errors import ALL_ERRORS, DomainError, InvalidPayload
@@ -29,6 +30,7 @@ office_app = typer.Typer(help="Offices of the programme.", no_args_is_help=True)
 for sub, name in ((db_app, "db"), (case_app, "case"), (lifecycle_app, "lifecycle"), (office_app, "office")):
     app.add_typer(sub, name=name)
 app.add_typer(ops_app, name="ops")
+app.add_typer(token_app, name="token")
 
 # One exit code per domain error, so scripts can tell refusals apart (documented in README).
 EXIT_CODES = {error: 10 + i for i, error in enumerate(ALL_ERRORS)}

@@ -11,7 +11,9 @@ from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
 from workflow.adapters.repository import SqlCaseRepository
 from workflow.adapters.stores import SqlHistoryLog
+from workflow.domain.actors import Actor
 from workflow.domain.errors import UnknownCase
+from workflow.domain.machine import can_see, machine_for
 from workflow.domain.money import Money
 
 
@@ -23,11 +25,13 @@ class CaseViews:
     def __init__(self, db: Engine) -> None:
         self._db = db
 
-    def case(self, case_id: str) -> dict[str, Any]:
+    def case(self, case_id: str, actor: Actor | None = None) -> dict[str, Any]:
+        """The case as staff see it; with an ``actor``, only if that actor may see it (another
+        office's case is unknown to it), and with the triggers that actor may fire now."""
         with self._db.connect() as conn:
             repo = SqlCaseRepository(conn)
             case = repo.get(case_id)
-            if case is None:
+            if case is None or (actor is not None and not can_see(case, actor)):
                 raise UnknownCase(case_id)
             repo.load_parts(case, ("members", "plan"))
             today = date.today()
@@ -70,6 +74,9 @@ class CaseViews:
                     ],
                 },
                 "contributions": self._contributions(conn, case_id),
+                "triggers": list(machine_for(case.lifecycle_version).triggers_for(case, actor))
+                if actor
+                else None,
                 "timers": [
                     {
                         "name": r["name"],
@@ -80,9 +87,10 @@ class CaseViews:
                 ],
             }
 
-    def history(self, case_id: str) -> list[dict[str, Any]]:
+    def history(self, case_id: str, actor: Actor | None = None) -> list[dict[str, Any]]:
         with self._db.connect() as conn:
-            if SqlCaseRepository(conn).get(case_id) is None:
+            case = SqlCaseRepository(conn).get(case_id)
+            if case is None or (actor is not None and not can_see(case, actor)):
                 raise UnknownCase(case_id)
             return [
                 {

@@ -1,0 +1,95 @@
+"""Who is calling: an API token, or (when configured) an OIDC/JWT bearer token; rate limited."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import jwt
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from config.settings import Settings
+from workflow.adapters.tokens import TOKEN_PREFIX, SqlTokens
+from workflow.api.problems import ApiProblem
+from workflow.domain.actors import Actor, Role
+from workflow.service_layer.ports import Clock
+
+
+def unauthenticated(detail: str) -> ApiProblem:
+    return ApiProblem("unauthenticated", detail, {"WWW-Authenticate": 'Bearer realm="avrr"'})
+
+
+@dataclass
+class Authenticator:
+    settings: Settings
+    tokens: SqlTokens
+    clock: Clock
+
+    @cached_property
+    def _limiter(self) -> MovingWindowRateLimiter:
+        url = (
+            self.settings.broker_url if (self.settings.broker_url or "").startswith("redis") else "memory://"
+        )
+        return MovingWindowRateLimiter(storage_from_string(url or "memory://"))
+
+    @cached_property
+    def _jwks(self) -> jwt.PyJWKClient | None:
+        return jwt.PyJWKClient(self.settings.oidc_jwks_url) if self.settings.oidc_jwks_url else None
+
+    def limit(self, rule: str, *key: str) -> None:
+        """Counts one hit; refuses with 429 once the rule's budget for ``key`` is spent."""
+        item = parse(rule)
+        if not self._limiter.hit(item, *key):
+            retry = max(
+                1, int(self._limiter.get_window_stats(item, *key).reset_time - self.clock.now().timestamp())
+            )
+            raise ApiProblem("rate_limited", f"limit {rule} reached", {"Retry-After": str(retry)})
+
+    def authenticate(self, authorization: str | None, client: str) -> Actor:
+        if self._limiter.test(parse(self.settings.rate_limit_auth_failures), "auth", client) is False:
+            raise ApiProblem(
+                "rate_limited", "too many failed authentications from this address", {"Retry-After": "60"}
+            )
+        scheme, _, credential = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not credential:
+            raise unauthenticated("send Authorization: Bearer <token>")
+        actor = self._verify(credential.strip())
+        if actor is None:
+            self._limiter.hit(parse(self.settings.rate_limit_auth_failures), "auth", client)
+            raise unauthenticated("the token is unknown, expired or revoked")
+        return actor
+
+    def _verify(self, credential: str) -> Actor | None:
+        if credential.startswith(TOKEN_PREFIX):
+            return self.tokens.verify(credential, self.clock.now())
+        if self.settings.oidc_issuer:
+            return self._verify_jwt(credential)
+        return None
+
+    def _verify_jwt(self, credential: str) -> Actor | None:
+        s = self.settings
+        try:
+            key: Any = (
+                self._jwks.get_signing_key_from_jwt(credential).key if self._jwks else s.oidc_public_key
+            )
+            if not key:
+                return None
+            claims = jwt.decode(
+                credential,
+                key,
+                algorithms=s.oidc_algorithms,
+                audience=s.oidc_audience,
+                issuer=s.oidc_issuer,
+                options={"require": ["exp", "iss", "sub"] + (["aud"] if s.oidc_audience else [])},
+            )
+            roles = claims.get(s.oidc_roles_claim) or []
+            return Actor(
+                str(claims["sub"])[:120],
+                claims.get(s.oidc_office_claim),
+                frozenset(Role(r) for r in roles if r in Role.__members__.values()),
+            )
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return None
