@@ -251,3 +251,20 @@ def test_a_job_refused_before_it_started_is_still_dead_lettered(app: App) -> Non
     assert (letter.effect, letter.attempts, letter.case_id) == (job.effect, 0, case_id)
     with app.db.connect() as conn:
         assert conn.scalar(select(tb.jobs.c.status).where(tb.jobs.c.event_id == job.event_id)) == "dead"
+
+
+def test_a_late_failure_of_a_duplicate_delivery_does_not_dead_letter_a_done_job(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    port, _ = inbox
+    set_offices(app)
+    case_id = advance_to(app, "return_approved")
+    job = next(j for j in jobs_of(app, case_id) if j.effect.startswith("create_task"))
+    assert runner(app, port, sink).run(job) == "done"
+
+    # A second delivery that ran concurrently fails afterwards (say on the task's unique key).
+    SqlJobStore(app.db).dead_letter(job, "IntegrityError: duplicate task", SystemClock().now())
+
+    assert SqlDeadLetters(app.db).open() == []
+    with app.db.connect() as conn:
+        assert conn.scalar(select(tb.jobs.c.status).where(tb.jobs.c.event_id == job.event_id)) == "done"

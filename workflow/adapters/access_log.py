@@ -29,11 +29,12 @@ class SqlAccessLog:
                 insert(tb.access_log),
                 {
                     "at": now,
-                    "actor_id": actor_id,
+                    "actor_id": actor_id[:120] if actor_id else None,
                     "office": office,
-                    "case_id": case_id,
+                    # An id longer than any case id names no case (and would not fit).
+                    "case_id": case_id if case_id and len(case_id) <= tb.ID_LENGTH else None,
                     "action": action[:64],
-                    "request_id": request_id,
+                    "request_id": request_id[:64] if request_id else None,
                     "outcome": outcome[:48],
                 },
             )

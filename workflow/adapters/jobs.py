@@ -98,13 +98,14 @@ class SqlJobStore:
         with writing(self._db) as conn:
             attempts = conn.execute(
                 update(tb.jobs)
-                .where(_key(job), j.status != "dead")
+                # Only an unfinished job: a concurrent delivery that finished it stays done.
+                .where(_key(job), j.status.in_(("running", "pending")))
                 .values(status="dead", last_error=error, finished_at=now)
                 .returning(j.attempts)
             ).scalar()
             if attempts is None:
                 if conn.scalar(select(j.status).where(_key(job))) is not None:
-                    return  # already dead-lettered: file it once
+                    return  # already dead-lettered (file it once) or done by another delivery
                 # Refused before it ever started (an effect this version does not know):
                 # still filed, so the job is never lost without a trace.
                 attempts = 0

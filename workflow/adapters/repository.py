@@ -53,6 +53,8 @@ class SqlCaseRepository:
         self._conn = conn
 
     def get(self, case_id: str) -> Case | None:
+        if len(case_id) > tb.ID_LENGTH:  # cannot exist; PostgreSQL would refuse the comparison
+            return None
         row = self._conn.execute(_SELECT_CASE, {"_id": case_id}).mappings().first()
         return _to_case(row) if row else None
 

@@ -40,7 +40,8 @@ metadata = MetaData(
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a bigint identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
-Id = String(36)
+ID_LENGTH = 36  # a UUID in text form
+Id = String(ID_LENGTH)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
