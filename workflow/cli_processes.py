@@ -1,7 +1,8 @@
-"""The long-running processes: `avrr worker`, `avrr beat`, `avrr relay`, `avrr flower`, each with
-`--check` (the health check docker-compose runs), and `avrr wait-idle` for scripts and dev.py.
+"""The long-running processes: `avrr serve` (the HTTP API), `avrr worker`, `avrr beat`, `avrr relay`,
+`avrr flower`, each with `--check` (the health check docker-compose runs), and `avrr wait-idle` for
+scripts and dev.py.
 
-Celery and the workers are imported inside the commands, so the rest of `avrr` starts without them.
+Celery, uvicorn and the API are imported inside the commands, so the rest of `avrr` starts without them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import typer
 
 if TYPE_CHECKING:
     from celery import Celery
+    from fastapi import FastAPI
 
 DATA_DIR = Path("var")
 DEFAULT_QUEUE = "avrr"  # config/celery.py: task_default_queue
@@ -28,6 +30,7 @@ DEFAULT_RELAY_HEARTBEAT = DATA_DIR / "relay.heartbeat"  # workers.relay.DEFAULT_
 FRESH_SECONDS = 30.0
 BEAT_MAX_INTERVAL = 10  # beat wakes at least this often, so its heartbeat stays fresh
 FLOWER_PORT = 5555
+API_PORT = 8000
 
 CheckOpt = Annotated[bool, typer.Option("--check", help="health check: exit 0 when healthy, else 1")]
 MaxAgeOpt = Annotated[float, typer.Option("--max-age", help="--check: the heartbeat's age limit, seconds")]
@@ -182,6 +185,68 @@ def _flower_check(port: int) -> None:
     typer.echo("flower: healthy")
 
 
+def api_app() -> FastAPI:
+    """uvicorn's factory for `avrr serve`: each worker process (spawned, so it inherits nothing)
+    sets up the engine's logging (JSON outside development, personal data redacted) first."""
+    from config.logging import configure_logging
+    from config.settings import get_settings
+    from workflow.api.app import create_app
+
+    settings = get_settings()
+    configure_logging(json=settings.json_logs, level=settings.log_level)
+    return create_app(settings=settings)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0 in a container)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port", envvar="AVRR_API_PORT")] = API_PORT,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", help="processes (default AVRR_API_WORKERS, 2)")
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="log each request (uvicorn's access log)")] = True,
+    check: CheckOpt = False,
+    timeout: Annotated[float, typer.Option(help="--check: seconds to wait for the answer")] = 5.0,
+) -> None:
+    """Serve the HTTP API with uvicorn until SIGTERM or SIGINT; --check asks its GET /health/live.
+
+    The OpenAPI documentation is at /docs; every route but /health/* needs a bearer token
+    (`avrr token create`)."""
+    if check:
+        _live_check("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port, timeout)  # noqa: S104
+        return
+    import uvicorn
+
+    from config.settings import get_settings
+
+    uvicorn.run(
+        f"{__name__}:api_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers or get_settings().api_workers,
+        log_config=None,  # our logging (api_app), not uvicorn's: one format, redacted
+        access_log=access_log,
+        timeout_graceful_shutdown=20,  # a stop finishes the requests in flight, 20 s at most
+    )
+
+
+def _live_check(host: str, port: int, timeout: float) -> None:
+    import json
+    import urllib.request
+
+    url = f"http://{host}:{port}/health/live"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            healthy = response.status == 200 and json.load(response).get("status") == "ok"
+    except (OSError, ValueError) as exc:
+        typer.echo(f"api {url}: unhealthy: {type(exc).__name__}", err=True)
+        raise typer.Exit(1) from None
+    if not healthy:
+        typer.echo(f"api {url}: unhealthy", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"api {url}: healthy")
+
+
 def wait_idle(
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 60.0,
     since: Annotated[
@@ -321,5 +386,5 @@ def _sms_line(sink: Path, since: datetime | None) -> str:
 
 def register(app: typer.Typer) -> None:
     """Adds the process commands to the `avrr` app."""
-    for command in (worker, beat, relay, flower, wait_idle):
+    for command in (serve, worker, beat, relay, flower, wait_idle):
         app.command(command.__name__.replace("_", "-"))(command)
