@@ -4,6 +4,7 @@ and each long-running one must pass its own compose health check, translated to 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -51,7 +52,7 @@ def test_compose_declares_the_backing_services_with_health_checks_and_volumes() 
 
 
 def test_compose_declares_the_processes_restarting_after_migrate_with_health_checks() -> None:
-    assert {"worker", "beat", "relay", "flower"} <= set(LONG_RUNNING)
+    assert {"api", "worker", "beat", "relay", "flower"} <= set(LONG_RUNNING)
     for name in LONG_RUNNING:
         spec = AVRR_SERVICES[name]
         assert spec["restart"] == "unless-stopped", name
@@ -63,8 +64,11 @@ def test_compose_declares_the_processes_restarting_after_migrate_with_health_che
     for name in ("worker", "beat"):  # their state (schedule, SMS sink) is in a named volume
         volume = AVRR_SERVICES[name]["volumes"][0].split(":")[0]
         assert volume in COMPOSE["volumes"], name
-    flower = AVRR_SERVICES["flower"]
-    assert all(port.startswith("127.0.0.1:") for port in flower["ports"])
+    for name in ("api", "flower"):  # published on the host's loopback only
+        assert all(port.startswith("127.0.0.1:") for port in AVRR_SERVICES[name]["ports"]), name
+    api = AVRR_SERVICES["api"]
+    assert api["command"][:1] == ["serve"] and "0.0.0.0" in api["command"]
+    assert api["ports"] == ["127.0.0.1:8000:8000"]  # `avrr serve`'s default port
     assert "FLOWER_BASIC_AUTH" in (ROOT / ".env.example").read_text()
 
 
@@ -84,6 +88,7 @@ def _env(spec: dict[str, Any], pg_url: str, tmp_path: Path) -> dict[str, str]:
         "AVRR_LOG_LEVEL": "WARNING",
         "FLOWER_BASIC_AUTH": FLOWER_AUTH,
         "FLOWER_PORT": str(_free_port()),
+        "AVRR_API_PORT": str(_free_port()),  # the api service's port, for its command and its check
         "HOME": str(tmp_path),
     }
     assert env["AVRR_ENVIRONMENT"] == "production"
@@ -199,12 +204,27 @@ def test_each_process_starts_and_passes_its_compose_health_check(started: Any, t
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
 
+    if service == "api":  # readiness reaches the database; the cases need a token
+        base = f"http://127.0.0.1:{env['AVRR_API_PORT']}"
+        with urllib.request.urlopen(f"{base}/health/ready", timeout=10) as response:
+            assert json.load(response) == {"status": "ok", "checks": {"database": "ok"}}
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/cases/00000000-0000-0000-0000-000000000000", timeout=10)
+        assert refused.value.code == 401
+
 
 @pytest.mark.parametrize("service", ["relay", "beat"])
 def test_a_heartbeat_check_fails_when_the_process_is_not_running(service: str, tmp_path: Path) -> None:
     spec = AVRR_SERVICES[service]
     env = os.environ | {"AVRR_ENVIRONMENT": "development"}
     check = _healthcheck(spec, env, tmp_path)
+    assert check.returncode == 1
+    assert "unhealthy" in check.stderr
+
+
+def test_the_api_check_fails_when_nothing_answers(tmp_path: Path) -> None:
+    env = os.environ | {"AVRR_ENVIRONMENT": "development", "AVRR_API_PORT": str(_free_port())}
+    check = _healthcheck(AVRR_SERVICES["api"], env, tmp_path)
     assert check.returncode == 1
     assert "unhealthy" in check.stderr
 
