@@ -9,12 +9,13 @@ from sqlalchemy import Engine, select
 
 from workflow.adapters import tables as tb
 from workflow.domain.lifecycle import DESTINATION
+from workflow.service_layer.documents import ACCEPTED, DECISION, PACKAGE, REFUSED
 from workflow.service_layer.effects import Facts, Job
 from workflow.service_layer.notifications import EMAIL, FALLBACK_LANGUAGE, LANGUAGES, SMS
 
 # Staff read notices in their country's language where the templates have it.
 OFFICE_LANGUAGE = {"EE": "et", "UA": "uk"}
-HANDOVER_PACKAGE = "avrr.handover.v1"
+HANDOVER_PACKAGE = PACKAGE
 
 c, m, o, t = tb.cases.c, tb.household_members.c, tb.offices.c, tb.timers.c
 _CASE = select(
@@ -129,6 +130,27 @@ class SqlFacts:
                 }
                 for p in members
             ],
+        }
+
+    def handover_decision(self, job: Job) -> dict[str, Any]:
+        """The destination's decision for the origin's deployment: the case and the verdict, and
+        a refusal's reason (the origin needs it to act; it names no legal status)."""
+        h = tb.case_history.c
+        version = select(tb.outbox.c.case_version).where(tb.outbox.c.event_id == job.event_id)
+        with self._db.connect() as conn:
+            case = conn.execute(_CASE.where(c.id == job.case_id)).one()
+            reason = conn.scalar(
+                select(h.reason).where(h.case_id == job.case_id, h.version == version.scalar_subquery())
+            )
+        refused = job.event_type == "HandoverRefused"
+        return {
+            "type": DECISION,
+            "event_id": job.event_id,
+            "case_id": case.id,
+            "from_office": case.destination_office,
+            "to_office": case.origin_office,
+            "decision": REFUSED if refused else ACCEPTED,
+            **({"reason": reason} if refused else {}),
         }
 
 

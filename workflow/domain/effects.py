@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from workflow.domain.lifecycle import DESTINATION, ORIGIN
 
-NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK, DELIVER_HANDOVER = (
+NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK, DELIVER_HANDOVER, DELIVER_ACK = (
     "notify_family",
     "notify_office",
     "create_task",
     "deliver_handover",
+    "deliver_ack",  # the destination's decision, back to an origin office in another deployment
 )
 
 
@@ -46,6 +47,8 @@ _TRAVEL_BOOKED = (
     task("airport_reception", DESTINATION),
 )
 
+_HANDOVER_DECISION = Effect(DELIVER_ACK, "handover_decision", ORIGIN)
+
 EFFECTS: dict[str, tuple[Effect, ...]] = {
     "InquiryRegistered": (family("inquiry_registered"),),
     "ApplicationSubmitted": (office("application_submitted", ORIGIN),),
@@ -60,13 +63,15 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
     "ArrivalConfirmed": (family("arrival_welcome"),),
     "CaseWithdrawn": (office("case_withdrawn", ORIGIN),),
     "HandoverSent": (Effect(DELIVER_HANDOVER, "handover_package", DESTINATION),),
+    "HandoverReceived": (office("handover_received", DESTINATION),),
     "HandoverEscalated": (office("handover_escalated", ORIGIN), office("handover_escalated", DESTINATION)),
     "HandoverAccepted": (
         family("handover_accepted"),
         office("handover_accepted", ORIGIN),
         task("reintegration_counselling", DESTINATION, 30),
+        _HANDOVER_DECISION,
     ),
-    "HandoverRefused": (office("handover_refused", ORIGIN),),
+    "HandoverRefused": (office("handover_refused", ORIGIN), _HANDOVER_DECISION),
     "ReturneeContactEscalated": (
         office("returnee_contact_overdue", DESTINATION),
         office("returnee_contact_overdue", ORIGIN),

@@ -19,6 +19,7 @@ import structlog
 
 from workflow.domain.effects import (
     CREATE_TASK,
+    DELIVER_ACK,
     DELIVER_HANDOVER,
     NOTIFY_FAMILY,
     NOTIFY_OFFICE,
@@ -92,6 +93,10 @@ class FactSource(Protocol):
         """Only what the destination office needs to receive the family."""
         ...
 
+    def handover_decision(self, job: Job) -> dict[str, Any]:
+        """The destination's acceptance or refusal, for the origin office's deployment."""
+        ...
+
 
 class UnknownEffect(Exception):
     """A job names an effect the lifecycle's effect table does not have."""
@@ -140,6 +145,9 @@ class EffectRunner:
         elif effect.kind == NOTIFY_OFFICE:
             template, language = f"office.{effect.subject}", facts.office_language
             targets = {EMAIL: facts.office_email} if facts.office_email else {}
+        elif effect.kind == DELIVER_ACK:
+            self._deliver_decision(store, job, facts.office_webhook)
+            return
         elif effect.kind == DELIVER_HANDOVER:
             if facts.office_webhook:
                 self._deliver_handover(store, job, facts.office_webhook)
@@ -184,8 +192,16 @@ class EffectRunner:
         body = json.dumps(self._facts.handover_package(job), sort_keys=True, default=str)
         self._send_each(store, job, [(WEBHOOK, url)], HANDOVER_EVENT, body, "en")
 
+    def _deliver_decision(self, store: JobStore, job: Job, url: str | None) -> None:
+        """To an origin office in another deployment; in this one the case itself shows it."""
+        if not url:
+            return
+        assert self._facts is not None
+        body = json.dumps(self._facts.handover_decision(job), sort_keys=True, default=str)
+        self._send_each(store, job, [(WEBHOOK, url)], job.event_type, body, "en")
 
-RUNNABLE_KINDS = frozenset({CREATE_TASK, NOTIFY_FAMILY, NOTIFY_OFFICE, DELIVER_HANDOVER})
+
+RUNNABLE_KINDS = frozenset({CREATE_TASK, NOTIFY_FAMILY, NOTIFY_OFFICE, DELIVER_HANDOVER, DELIVER_ACK})
 
 
 def runnable_effects(event_type: str) -> tuple[Effect, ...]:
