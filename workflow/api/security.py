@@ -83,8 +83,17 @@ class Authenticator:
                 algorithms=s.oidc_algorithms,
                 audience=s.oidc_audience,
                 issuer=s.oidc_issuer,
-                options={"require": ["exp", "iss", "sub"] + (["aud"] if s.oidc_audience else [])},
+                # Expiry and not-before are checked against the engine's clock below.
+                options={
+                    "require": ["exp", "iss", "sub"] + (["aud"] if s.oidc_audience else []),
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
+            now = self.clock.now().timestamp()
+            if not float(claims["exp"]) > now or float(claims.get("nbf", now)) > now + 30:
+                return None
             roles = claims.get(s.oidc_roles_claim) or []
             return Actor(
                 str(claims["sub"])[:120],
