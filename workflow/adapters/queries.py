@@ -1,0 +1,205 @@
+"""The API's read side: case lists, households and the event feed, each scoped to the caller."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import ColumnElement, Engine, exists, false, or_, select, true, tuple_
+
+from workflow.adapters import tables as tb
+from workflow.domain.actors import Actor, Role
+from workflow.domain.errors import InvalidPayload, UnknownCase
+
+c, t, o, m = tb.cases.c, tb.timers.c, tb.outbox.c, tb.household_members.c
+# An outbox id is taken at INSERT but seen at COMMIT, so ids do not become visible in order: a
+# reader that moved its cursor past a later id would never see an earlier one committing after.
+# The feed serves ids only up to the newest row older than this; the transactions that took the
+# ids before it have committed by then (a fire commits within milliseconds of its timestamp).
+EVENT_SETTLE = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class OverdueDeadline:
+    """A pending deadline of the case whose due time has passed."""
+
+    name: str
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CaseSummary:
+    """A case in a list: where it stands and which offices hold it; no personal data."""
+
+    id: str
+    state: str
+    version: int
+    origin_office: str
+    destination_office: str
+    owner_office: str
+    updated_at: datetime
+    overdue: list[OverdueDeadline]
+
+
+@dataclass(frozen=True, slots=True)
+class CasePage:
+    """One page of cases, oldest change first; ``next_cursor`` is null on the last page."""
+
+    items: list[CaseSummary]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseFilter:
+    states: tuple[str, ...] = ()
+    office: str | None = None  # the origin, destination or owner office
+    overdue: bool | None = None  # True: a pending deadline is past due; False: none is
+    updated_since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A household member: personal data."""
+
+    id: str
+    full_name: str
+    date_of_birth: date
+    relationship: str
+    phone: str | None
+    email: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Household:
+    case_id: str
+    members: list[Member]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedEvent:
+    """An event of a case, without its payload; ``cursor`` is its position in the feed."""
+
+    cursor: int
+    event_id: str
+    event_type: str
+    case_id: str
+    case_version: int
+    occurred_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """Events in commit order; pass ``next_cursor`` as ``after`` to read on (it stays put at the end)."""
+
+    items: list[FeedEvent]
+    next_cursor: int
+
+
+def visible_to(actor: Actor) -> ColumnElement[bool]:
+    """``workflow.domain.machine.can_see`` in SQL: the actor's office is the case's origin or
+    destination (the owner is always one of the two); an office-less system actor sees all."""
+    if actor.office is None:
+        return true() if Role.SYSTEM in actor.roles else false()
+    return or_(c.origin_office == actor.office, c.destination_office == actor.office)
+
+
+def encode_cursor(updated_at: datetime, case_id: str) -> str:
+    raw = json.dumps([updated_at.astimezone(UTC).isoformat(), case_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        stamp, case_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        at = datetime.fromisoformat(stamp)
+        if at.tzinfo is None or not isinstance(case_id, str) or len(case_id) > tb.ID_LENGTH:
+            raise ValueError(cursor)
+        return at.astimezone(UTC), case_id
+    except (ValueError, TypeError, OverflowError, binascii.Error):
+        raise InvalidPayload("the cursor is not one this API gave out") from None
+
+
+def utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidPayload("the time is out of range") from None
+
+
+class CaseQueries:
+    def __init__(self, db: Engine) -> None:
+        self._db = db
+
+    def cases(self, actor: Actor, f: CaseFilter, cursor: str | None, limit: int, now: datetime) -> CasePage:
+        """Keyset pages ordered by (updated_at, id): stable, and a case changed while a client
+        pages moves to the end rather than out of sight."""
+        overdue = exists().where(t.case_id == c.id, t.status == "pending", t.due_at < now)
+        query = select(
+            c.id, c.state, c.version, c.origin_office, c.destination_office, c.owner_office, c.updated_at
+        ).where(visible_to(actor))
+        if f.states:
+            query = query.where(c.state.in_(f.states))
+        if f.office:
+            query = query.where(
+                or_(c.origin_office == f.office, c.destination_office == f.office, c.owner_office == f.office)
+            )
+        if f.overdue is not None:
+            query = query.where(overdue if f.overdue else ~overdue)
+        if f.updated_since:
+            query = query.where(c.updated_at >= utc(f.updated_since))
+        if cursor:
+            query = query.where(tuple_(c.updated_at, c.id) > decode_cursor(cursor))
+        query = query.order_by(c.updated_at, c.id).limit(limit + 1)
+        with self._db.connect() as conn:
+            rows = conn.execute(query).all()
+            page, more = rows[:limit], len(rows) > limit
+            late: dict[str, list[OverdueDeadline]] = defaultdict(list)
+            if page:
+                for case_id, name, due_at in conn.execute(
+                    select(t.case_id, t.name, t.due_at)
+                    .where(t.case_id.in_([r.id for r in page]), t.status == "pending", t.due_at < now)
+                    .order_by(t.due_at, t.name)
+                ):
+                    late[case_id].append(OverdueDeadline(name, due_at))
+        items = [CaseSummary(*r, overdue=late.get(r.id, [])) for r in page]
+        last = page[-1] if more else None
+        return CasePage(items, encode_cursor(last.updated_at, last.id) if last else None)
+
+    def household(self, case_id: str, actor: Actor) -> Household:
+        """Another office's case is unknown here, as everywhere."""
+        if len(case_id) > tb.ID_LENGTH or "\x00" in case_id:
+            raise UnknownCase(case_id)
+        with self._db.connect() as conn:
+            if conn.scalar(select(c.id).where(c.id == case_id, visible_to(actor))) is None:
+                raise UnknownCase(case_id)
+            rows = conn.execute(
+                select(m.id, m.full_name, m.date_of_birth, m.relationship, m.phone, m.email)
+                .where(m.case_id == case_id)
+                .order_by(m.position)
+            ).all()
+        return Household(case_id, [Member(*r) for r in rows])
+
+    def events(self, actor: Actor, after: int, limit: int, now: datetime) -> EventPage:
+        """Walks the outbox in id order from ``after``, joining each row's case on its primary key
+        for the office condition, up to the newest settled row (see EVENT_SETTLE)."""
+        settled = (
+            select(o.id)
+            .where(o.occurred_at <= now - EVENT_SETTLE)
+            .order_by(o.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        query = (
+            select(o.id, o.event_id, o.event_type, o.case_id, o.case_version, o.occurred_at)
+            .join(tb.cases, c.id == o.case_id)
+            .where(o.id > after, o.id <= settled, visible_to(actor))
+            .order_by(o.id)
+            .limit(limit)
+        )
+        with self._db.connect() as conn:
+            items = [FeedEvent(*r) for r in conn.execute(query)]
+        return EventPage(items, items[-1].cursor if items else after)
