@@ -3,13 +3,14 @@
 
 Creates ./.venv, installs the project from pyproject.toml (again only when it changes), then
 runs the engine on its embedded default or runs the checks and the test suite.
-`python3 dev.py run --serve` keeps the worker, relay and beat running after the story, until Ctrl-C.
+`python3 dev.py run --serve` keeps the API, worker, relay and beat running after the story, until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,14 +42,18 @@ def setup() -> None:
         STAMP.write_text(digest)
 
 
-# The processes beside the engine on the embedded default: two worker processes at most, as
-# SQLite has one writer at a time; the filesystem broker is shared through files under ./var.
+# The processes beside the engine on the embedded default: two worker processes and one API
+# process at most, as SQLite has one writer at a time; the filesystem broker is shared through
+# files under ./var. Each has `avrr NAME --check`.
 PROCESSES = {
+    "api": ["serve", "--host", "127.0.0.1"],
     "worker": ["worker", "--concurrency", "2"],
     "relay": ["relay"],
     "beat": ["beat"],
 }
 SMTP_SINK = ("127.0.0.1", 1025)  # config/settings.py's default SMTP host and port
+API_PORT = 8000  # `avrr serve`'s default; AVRR_API_PORT to change it
+DEMO_ACTOR = ("tll-caseworker", "tallinn", "caseworker")  # workflow/demo.py: TLL_CASEWORKER
 
 
 def _start(name: str, argv: list[str | Path], logs: Path) -> subprocess.Popen[bytes]:
@@ -74,11 +79,80 @@ def _stop(processes: dict[str, subprocess.Popen[bytes]]) -> None:
 
 def _check(name: str) -> bool:
     check = subprocess.run(  # noqa: S603
-        [str(BIN / "avrr"), name, "--check"], cwd=ROOT, capture_output=True, text=True, check=False
+        [str(BIN / "avrr"), PROCESSES[name][0], "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if check.returncode == 0:
         print("  " + check.stdout.strip(), flush=True)
     return check.returncode == 0
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _api_port() -> int:
+    """AVRR_API_PORT, else 8000, else (taken) any free port; `avrr serve` and its check read it."""
+    if "AVRR_API_PORT" in os.environ:
+        return int(os.environ["AVRR_API_PORT"])
+    port = API_PORT
+    if not _free(port):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        print(f"port {API_PORT} is taken: the API listens on {port}", flush=True)
+    os.environ["AVRR_API_PORT"] = str(port)
+    return port
+
+
+def _token() -> str:
+    """An API token for the demo caseworker, valid one day (`avrr token create`)."""
+    actor, office, role = DEMO_ACTOR
+    argv = ["token", "create", "--actor", actor, "--office", office, "--role", role, "--days", "1"]
+    made = subprocess.run(  # noqa: S603
+        [str(BIN / "avrr"), *argv, "--name", "dev.py run"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return made.stdout.strip() if made.returncode == 0 else ""
+
+
+def _demo() -> tuple[int, str | None]:
+    """`avrr demo`, its output passed through; returns its exit code and the story's case id."""
+    print("+", BIN / "avrr", "demo", flush=True)
+    proc = subprocess.Popen(  # noqa: S603
+        [str(BIN / "avrr"), "demo"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    case_id = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        if found := re.match(r"case ([0-9a-f-]{36}):", line):
+            case_id = found.group(1)
+    return proc.wait(), case_id
+
+
+def _where(port: int, token: str, case_id: str | None, serve: bool) -> None:
+    url = f"http://127.0.0.1:{port}"
+    actor, office, role = DEMO_ACTOR
+    case = case_id or "CASE_ID"
+    print(f"\nHTTP API: {url} (OpenAPI docs: {url}/docs, log: var/log/api.log)")
+    if token:
+        print(f"API token of the demo {role} {actor} ({office}), valid one day:\n  {token}")
+    else:
+        print(f"no API token made: avrr token create --actor {actor} --office {office} --role {role}")
+    print("for example, the story's case and its history:")
+    print(f"  export AVRR_TOKEN={token or '...'}")
+    print(f'  curl -H "Authorization: Bearer $AVRR_TOKEN" {url}/cases/{case}')
+    print(f'  curl -H "Authorization: Bearer $AVRR_TOKEN" {url}/cases/{case}/history')
+    if not serve:
+        print("(stopping now: python3 dev.py run --serve keeps it running)", flush=True)
 
 
 def _smtp_sink_needed() -> bool:
@@ -91,7 +165,8 @@ def _smtp_sink_needed() -> bool:
 
 def run(extra: list[str]) -> int:
     """The engine on its embedded default (SQLite under ./var, the broker in files, no server):
-    worker, relay and beat beside it, the seed family's story, and what the workers did."""
+    the API, worker, relay and beat beside it, the seed family's story, what the workers did,
+    and where to reach the API (its URL, docs, a demo caseworker's token, example curls)."""
     from datetime import UTC, datetime
 
     serve = "--serve" in extra
@@ -103,24 +178,29 @@ def run(extra: list[str]) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     processes: dict[str, subprocess.Popen[bytes]] = {}
     mail = ROOT / "var" / "mail"
+    api_port = _api_port()
+    # One API process on SQLite (one writer); AVRR_API_WORKERS elsewhere.
+    sqlite = os.environ.get("AVRR_DATABASE_URL", "sqlite").startswith("sqlite")
     try:
         for name, argv in PROCESSES.items():
-            processes[name] = _start(name, [BIN / "avrr", *argv], logs)
+            extra_args = ["--workers", "1"] if name == "api" and sqlite else []
+            processes[name] = _start(name, [BIN / "avrr", *argv, *extra_args], logs)
         if _smtp_sink_needed():  # a local SMTP server that keeps each e-mail in var/mail (Maildir)
             host, port = SMTP_SINK
             sink = [BIN / "python", "-m", "aiosmtpd", "-n", "-u", "-l", f"{host}:{port}"]
             processes["smtp"] = _start("smtp", [*sink, "-c", "aiosmtpd.handlers.Mailbox", mail], logs)
         print(f"started {', '.join(processes)} (logs in {logs.relative_to(ROOT)}/)", flush=True)
         deadline = time.monotonic() + 30
-        while not _check("worker"):
-            dead = [name for name, proc in processes.items() if proc.poll() is not None]
-            if dead or time.monotonic() > deadline:
-                print(f"the worker did not start ({', '.join(dead) or 'no pong'}): see var/log/", flush=True)
-                return 1
-            time.sleep(0.5)
+        for name in ("worker", "api"):
+            while not _check(name):
+                dead = [n for n, proc in processes.items() if proc.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    print(f"the {name} did not start ({', '.join(dead) or 'no answer'}): see var/log/")
+                    return 1
+                time.sleep(0.5)
         started = datetime.now(UTC).replace(microsecond=0)
         since = started.strftime("%Y-%m-%dT%H:%M:%S")
-        code = _sh(BIN / "avrr", "demo", check=False)
+        code, case_id = _demo()
         if code:
             return code
         print("\nwaiting for the workers to run the story's events (60 s at most)", flush=True)
@@ -130,6 +210,7 @@ def run(extra: list[str]) -> int:
             print(f"e-mails caught by the local SMTP sink (Maildir var/mail): {len(caught)}")
         print("health checks:", flush=True)
         healthy = all([_check(name) for name in PROCESSES])
+        _where(api_port, _token(), case_id, serve)
         if serve:
             print("running until Ctrl-C", flush=True)
             while not (dead := [name for name, proc in processes.items() if proc.poll() is not None]):

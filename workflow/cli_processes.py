@@ -218,6 +218,10 @@ def serve(
 
     from config.settings import get_settings
 
+    # After a clean shutdown uvicorn raises the SIGTERM or SIGINT that stopped it again, for the
+    # handler it found: this one takes it, so a clean stop exits 0 like the other processes.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     uvicorn.run(
         f"{__name__}:api_app",
         factory=True,
