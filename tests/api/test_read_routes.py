@@ -167,6 +167,11 @@ def test_the_office_filter_narrows_to_cases_that_office_takes_part_in(
     assert ids(from_tallinn.json()["items"]) == [spread["tallinn-riga"]]
     from_riga = api.get("/cases", params={"office": "kyiv"}, headers=caseworker(app, "riga"))
     assert set(ids(from_riga.json()["items"])) == {spread["kyiv-riga"], spread["riga-kyiv"]}
+    own = api.get("/cases", params={"office": "tallinn"}, headers=caseworker(app, "tallinn")).json()["items"]
+    assert set(ids(own)) == {spread[k] for k in ("tallinn-kyiv", "tallinn-riga", "handed-over")}
+    system = bearer(token_for(app, "system:reports", None, Role.SYSTEM))
+    from_system = api.get("/cases", params={"office": "riga"}, headers=system).json()["items"]
+    assert set(ids(from_system)) == {spread[k] for k in ("tallinn-riga", "kyiv-riga", "riga-kyiv")}
     # An office the caller shares nothing with, or no office at all: nothing, not an error.
     assert api.get("/cases", params={"office": "oslo"}, headers=caseworker(app, "riga")).json()["items"] == []
     bad = api.get("/cases", params={"office": "x y"}, headers=caseworker(app, "riga"))
