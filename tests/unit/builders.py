@@ -50,6 +50,22 @@ SAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
             {"full_name": "Test Child", "date_of_birth": "2019-05-01", "relationship": "child"},
         ],
     },
+    "ReceiveHandover": {
+        "origin_office": OFFICE_ON[ORIGIN],
+        "destination_office": OFFICE_ON[DESTINATION],
+        "language": "uk",
+        "members": [
+            {
+                "id": PRINCIPAL_ID,
+                "full_name": "Test Principal",
+                "date_of_birth": "1987-03-14",
+                "relationship": "principal",
+            },
+        ],
+        "departure_on": str(DEPARTURE_ON),
+        "route": "TLL-WAW",
+        "arrived_on": str(DEPARTURE_ON + timedelta(days=1)),
+    },
     "RecordEligibility": {
         "nationality": "UA",
         "consent_signed_on": "2026-11-20",

@@ -8,9 +8,10 @@ from typing import Self
 from sqlalchemy import Connection, Engine, Transaction
 
 from workflow.adapters.db import WRITE_OPTION
+from workflow.adapters.inbound import SqlInboundStore
 from workflow.adapters.repository import SqlCaseRepository
 from workflow.adapters.stores import SqlHistoryLog, SqlIdempotencyStore, SqlOutbox
-from workflow.service_layer.ports import CaseRepository, HistoryLog, IdempotencyStore, Outbox
+from workflow.service_layer.ports import CaseRepository, HistoryLog, IdempotencyStore, InboundStore, Outbox
 
 
 class SqlUnitOfWork:
@@ -18,6 +19,7 @@ class SqlUnitOfWork:
     history: HistoryLog
     outbox: Outbox
     idempotency: IdempotencyStore
+    inbound: InboundStore
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -31,6 +33,7 @@ class SqlUnitOfWork:
         self.history = SqlHistoryLog(self._conn)
         self.outbox = SqlOutbox(self._conn)
         self.idempotency = SqlIdempotencyStore(self._conn)
+        self.inbound = SqlInboundStore(self._conn)
         return self
 
     def __exit__(

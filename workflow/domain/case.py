@@ -113,6 +113,18 @@ class Case:
     def confirm_arrival(self, payload: p.ConfirmArrival, ctx: FireContext) -> None:
         self.arrived_on = payload.arrived_on
 
+    def receive_handover(self, payload: p.ReceiveHandover, ctx: FireContext) -> None:
+        self.origin_office = self.owner_office = payload.origin_office  # the origin's until accepted
+        self.destination_office = payload.destination_office
+        self.language, self.channel = payload.language, "referral"
+        self.departure_on, self.route = payload.departure_on, payload.route
+        self.arrived_on = payload.arrived_on
+        self.members = [
+            HouseholdMember(m.id, m.full_name, m.date_of_birth, m.relationship, m.phone, m.email)
+            for m in payload.members
+        ]
+        self.changes.append(MembersAdded(tuple(self.members)))
+
     def accept_handover(self, payload: Any, ctx: FireContext) -> None:
         self.owner_office = self.destination_office
 

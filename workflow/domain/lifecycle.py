@@ -275,6 +275,17 @@ TRANSITIONS = (
         guards=(g.arrival_after_departure,),
     ),
     _t("send_handover", "arrived", "handover_pending", [CW], "HandoverSent"),
+    _t(
+        "receive_handover",
+        NEW,
+        "handover_pending",
+        [SYSTEM],
+        "HandoverReceived",
+        payload=p.ReceiveHandover,
+        effect="receive_handover",
+        doc="Opens, in the destination's deployment, a case another deployment handed over "
+        "(same case id); fired by the origin office's automation when its signed package arrives.",
+    ),
     _t("escalate_handover", "handover_pending", SAME, [SYSTEM], "HandoverEscalated", restart_timers=True),
     _t(
         "accept_handover",

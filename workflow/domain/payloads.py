@@ -96,6 +96,36 @@ class RegisterInquiry:
 
 
 @dataclass(frozen=True)
+class HandedOverMember(MemberIn):
+    # The origin deployment's member id: plans and their approval name members on both sides.
+    id: str = field(default="", metadata={"max_length": 36})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.id), "a handed-over member keeps the origin's member id")
+
+
+@dataclass(frozen=True)
+class ReceiveHandover:
+    """A case another deployment hands over: what its package carries, never legal status."""
+
+    __pydantic_config__ = _STRICT
+    origin_office: str
+    destination_office: str
+    members: list[HandedOverMember]
+    language: Language = "en"
+    departure_on: date | None = None
+    route: str | None = field(default=None, metadata={"max_length": 64})
+    arrived_on: date | None = None
+
+    def __post_init__(self) -> None:
+        principals = [m for m in self.members if m.relationship == "principal"]
+        _require(len(principals) == 1, "exactly one member must be the principal applicant")
+        _require(self.origin_office != self.destination_office, "origin and destination must differ")
+        _require(len({m.id for m in self.members}) == len(self.members), "member ids must be distinct")
+
+
+@dataclass(frozen=True)
 class RecordEligibility:
     __pydantic_config__ = _STRICT
     nationality: str = personal()

@@ -74,11 +74,36 @@ class IdempotencyStore(Protocol):
     ) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class InboundDelivery:
+    """A signed delivery from another deployment, kept so that its redelivery changes nothing."""
+
+    key: str  # the sender's Idempotency-Key
+    kind: str
+    case_id: str
+    from_office: str
+    body_digest: str  # SHA-256 of the body: the same key with another body is refused
+    received_at: datetime
+
+
+class InboundStore(Protocol):
+    def get(self, key: str) -> InboundDelivery | None: ...
+    def add(self, delivery: InboundDelivery) -> None:
+        """Raises ``DuplicateIdempotencyKey`` when a concurrent delivery of the key committed first."""
+        ...
+
+    def served_here(self, office: str) -> bool | None:
+        """True for an office of this deployment, False for one another deployment serves (it has
+        a webhook URL), None for an office this deployment does not know."""
+        ...
+
+
 class UnitOfWork(Protocol):
     cases: CaseRepository
     history: HistoryLog
     outbox: Outbox
     idempotency: IdempotencyStore
+    inbound: InboundStore
 
     def __enter__(self) -> Self: ...
     def __exit__(

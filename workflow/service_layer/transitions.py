@@ -24,11 +24,18 @@ from workflow.domain.machine import Fired, can_see, machine_for
 from workflow.domain.payloads import public_view
 from workflow.domain.programme import FireContext, Programme
 from workflow.service_layer.payloads import parse_payload
-from workflow.service_layer.ports import Clock, DuplicateIdempotencyKey, HistoryEntry, UnitOfWork
+from workflow.service_layer.ports import (
+    Clock,
+    DuplicateIdempotencyKey,
+    HistoryEntry,
+    InboundDelivery,
+    UnitOfWork,
+)
 
 log = structlog.get_logger(__name__)
 
 REGISTER = next(t.trigger for t in LIFECYCLE.transitions if LIFECYCLE.initial in t.sources)
+OPENING = frozenset(t.trigger for t in LIFECYCLE.transitions if LIFECYCLE.initial in t.sources)
 MAX_ACTOR_ID, MAX_KEY = 120, 200  # the widths of their columns
 
 
@@ -62,6 +69,7 @@ class _Request:
     expected_version: int | None
     idempotency_key: str | None
     request_id: str | None
+    inbound: InboundDelivery | None = None  # a delivery from another deployment, recorded with the fire
 
     def digest(self) -> str:
         body = {
@@ -106,6 +114,20 @@ class TransitionService:
         request = _Request(None, REGISTER, actor, payload, None, idempotency_key, request_id)
         return self._run(request)
 
+    def receive(
+        self,
+        case_id: str,
+        trigger: str,
+        actor: Actor,
+        payload: Mapping[str, Any] | None,
+        delivery: InboundDelivery,
+        request_id: str | None = None,
+    ) -> FireResult:
+        """A delivery from another deployment: ``trigger`` fired on ``case_id`` (a trigger that
+        opens cases opens it with that id, the sender's) and the delivery recorded in the same
+        transaction, so a redelivery finds it and a failed fire leaves no record."""
+        return self._run(_Request(case_id, trigger, actor, payload, None, None, request_id, delivery))
+
     def _run(self, request: _Request) -> FireResult:
         with structlog.contextvars.bound_contextvars(
             case_id=request.case_id, trigger=request.trigger, request_id=request.request_id
@@ -137,6 +159,8 @@ class TransitionService:
             key = request.idempotency_key
             if key and (prior := _replay(uow, key, digest)):
                 return prior
+            if request.inbound is not None:  # first: a concurrent redelivery waits on this row
+                uow.inbound.add(request.inbound)
             case = self._load(uow, request)
             now = self._clock.now()
             fired = self._apply(uow, case, request, FireContext(request.actor, now, self._programme))
@@ -168,6 +192,8 @@ class TransitionService:
         if request.case_id is None:
             return Case.new(LIFECYCLE.version)
         case = uow.cases.get(request.case_id)
+        if case is None and request.inbound is not None and request.trigger in OPENING:
+            return Case.new(LIFECYCLE.version, request.case_id)
         # Another office's case answers as unknown, so ids cannot be probed.
         if case is None or not can_see(case, request.actor):
             raise UnknownCase(request.case_id)
