@@ -108,9 +108,9 @@ def visible_to(actor: Actor) -> ColumnElement[bool]:
 
 
 def shared(actor: Actor, office: str) -> ColumnElement[bool]:
-    """The cases the actor sees that ``office`` takes part in, spelled out pair by pair: PostgreSQL
-    estimates (origin = A OR destination = A) AND (origin = B OR destination = B) badly and would
-    scan every case in order of change for a pair of offices that share none."""
+    """The cases the actor sees that ``office`` takes part in, spelled out as office pairs, which
+    extended statistics on (origin_office, destination_office) can estimate; without them
+    PostgreSQL may scan every case in order of change for two offices that share none."""
     if actor.office is None or actor.office == office:
         return and_(visible_to(actor), or_(c.origin_office == office, c.destination_office == office))
     return or_(
@@ -128,11 +128,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         stamp, case_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         at = datetime.fromisoformat(stamp)
-        if at.tzinfo is None or not isinstance(case_id, str) or len(case_id) > tb.ID_LENGTH:
+        if at.tzinfo is None or not isinstance(case_id, str) or not _plausible_id(case_id):
             raise ValueError(cursor)
         return at.astimezone(UTC), case_id
     except (ValueError, TypeError, OverflowError, binascii.Error):
         raise InvalidPayload("the cursor is not one this API gave out") from None
+
+
+def _plausible_id(case_id: str) -> bool:
+    """PostgreSQL refuses NUL in text and the column holds 36 characters: anything else is no case."""
+    return len(case_id) <= tb.ID_LENGTH and "\x00" not in case_id
 
 
 def utc(value: datetime) -> datetime:
@@ -179,7 +184,7 @@ class CaseQueries:
 
     def household(self, case_id: str, actor: Actor) -> Household:
         """Another office's case is unknown here, as everywhere."""
-        if len(case_id) > tb.ID_LENGTH or "\x00" in case_id:
+        if not _plausible_id(case_id):
             raise UnknownCase(case_id)
         with self._db.connect() as conn:
             if conn.scalar(select(c.id).where(c.id == case_id, visible_to(actor))) is None:

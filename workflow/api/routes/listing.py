@@ -30,7 +30,7 @@ Office = Annotated[
     Query(
         max_length=32,
         pattern=r"^[A-Za-z0-9_.-]+$",
-        description="Only cases this office takes part in, as origin, destination or owner",
+        description="Only the cases this office takes part in: as origin or as destination (and owner)",
     ),
 ]
 Overdue = Annotated[
