@@ -20,6 +20,7 @@ TLL_APPROVER = Actor.of("tll-approver", "tallinn", Role.APPROVER)
 TLL_TRAVEL = Actor.of("tll-travel", "tallinn", Role.TRAVEL_OFFICER)
 KBP_CASEWORKER = Actor.of("kyiv-caseworker", "kyiv", Role.CASEWORKER)
 KBP_FINANCE = Actor.of("kyiv-finance", "kyiv", Role.FINANCE_OFFICER)
+KBP_FINANCE_LEAD = Actor.of("kyiv-finance-lead", "kyiv", Role.FINANCE_OFFICER)  # approves the spending
 KBP_APPROVER = Actor.of("kyiv-approver", "kyiv", Role.APPROVER)
 
 TODAY = date.today()
@@ -88,9 +89,7 @@ def _plan(case: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _disbursement(
-    index: int, amount: str, vendor: str, receipt: str
-) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def _request(index: int, amount: str, vendor: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def build(case: dict[str, Any]) -> dict[str, Any]:
         line = case["plan"]["lines"][index]
         return {
@@ -98,11 +97,30 @@ def _disbursement(
             "amount": amount,
             "currency": "EUR",
             "vendor": vendor,
-            "receipt_ref": receipt,
             "kind": "in_kind",
         }
 
     return build
+
+
+def _latest(status: str, **fields: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The case's most recent disbursement in ``status`` (IndexError if there is none)."""
+
+    def build(case: dict[str, Any]) -> dict[str, Any]:
+        found = [d for d in (case["plan"] or {}).get("disbursements", ()) if d["status"] == status]
+        return {"disbursement_id": found[-1]["id"], **fields}
+
+    return build
+
+
+def _tranche(requester: Actor, index: int, amount: str, vendor: str, receipt: str) -> list[Step]:
+    """Four eyes on money: one person requests, another finance officer approves; the
+    requester, who deals with the supplier, records the receipt."""
+    return [
+        Step("request_disbursement", requester, _request(index, amount, vendor)),
+        Step("approve_disbursement", KBP_FINANCE_LEAD, _latest("requested")),
+        Step("record_receipt", requester, _latest("approved", receipt_ref=receipt)),
+    ]
 
 
 STEPS: list[Step] = [
@@ -136,11 +154,11 @@ STEPS: list[Step] = [
     Step("draft_plan", KBP_CASEWORKER, _plan, "play room business; education for both children"),
     Step("submit_plan", KBP_CASEWORKER),
     Step("approve_plan", TLL_APPROVER),
-    Step("disburse", KBP_FINANCE, _disbursement(0, "1450.00", "Budmarket hardware", "R-1001")),
-    Step("disburse", KBP_FINANCE, _disbursement(1, "1800.00", "Dytyachyi Svit toys", "R-1002")),
-    Step("disburse", KBP_FINANCE, _disbursement(2, "390.00", "School outfitters", "R-1003")),
-    Step("disburse", KBP_FINANCE, _disbursement(2, "240.00", "Sport club (3 months)", "R-1004")),
-    Step("disburse", KBP_FINANCE, _disbursement(3, "600.00", "Kindergarten fees", "R-1005")),
+    *_tranche(KBP_FINANCE, 0, "1450.00", "Budmarket hardware", "R-1001"),
+    *_tranche(KBP_FINANCE, 1, "1800.00", "Dytyachyi Svit toys", "R-1002"),
+    *_tranche(KBP_CASEWORKER, 2, "390.00", "School outfitters", "R-1003"),
+    *_tranche(KBP_CASEWORKER, 2, "240.00", "Sport club (3 months)", "R-1004"),
+    *_tranche(KBP_CASEWORKER, 3, "600.00", "Kindergarten fees", "R-1005"),
     Step(
         "record_contribution",
         KBP_CASEWORKER,

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from tests.support import REGISTRATION, register
 from workflow.adapters import tables as tb
 from workflow.bootstrap import App
-from workflow.demo import HOUSEHOLD, STEPS, run_story
+from workflow.demo import HOUSEHOLD, KBP_FINANCE_LEAD, STEPS, TLL_APPROVER, run_story
 from workflow.domain.lifecycle import LIFECYCLE
 
 AVRR = [sys.executable, "-m", "workflow"]
@@ -34,9 +34,34 @@ def test_the_seed_family_goes_from_inquiry_to_closure(app: App) -> None:
         ("education", "700.00 EUR", "600.00 EUR"),
     ]
     assert case["contributions"] == ["900.00 EUR"]
+    with app.db.connect() as conn:
+        d = tb.disbursements.c
+        tranches = conn.execute(
+            select(d.amount_minor, d.status, d.requested_by, d.disbursed_by, d.receipt_ref)
+            .where(d.case_id == case_id)
+            .order_by(d.position)
+        ).all()
+    # Five tranches, each requested by one person, approved by another finance officer, receipted.
+    assert [(t.amount_minor, t.status, t.receipt_ref) for t in tranches] == [
+        (145000, "receipted", "R-1001"),
+        (180000, "receipted", "R-1002"),
+        (39000, "receipted", "R-1003"),
+        (24000, "receipted", "R-1004"),
+        (60000, "receipted", "R-1005"),
+    ]
+    assert {t.disbursed_by for t in tranches} == {KBP_FINANCE_LEAD.id}
+    assert all(t.requested_by not in (t.disbursed_by, TLL_APPROVER.id) for t in tranches)
     assert case["timers"] == []  # closure cancelled the monitoring deadline
     history = app.views.history(case_id)
     assert [h["to_state"] for h in history][-1] == "closed"
+    grants = [h["payload"] for h in history if h["trigger"] == "approve_disbursement"]
+    assert [(g["amount"], g["currency"]) for g in grants] == [
+        ("1450.00", "EUR"),
+        ("1800.00", "EUR"),
+        ("390.00", "EUR"),
+        ("240.00", "EUR"),
+        ("600.00", "EUR"),
+    ]
     with app.db.connect() as conn:
         events = list(
             conn.scalars(

@@ -15,9 +15,8 @@ from tests.support import advance_to, register
 from workflow.adapters import tables as tb
 from workflow.adapters.repository import SqlCaseRepository
 from workflow.bootstrap import App
-from workflow.demo import KBP_FINANCE, TLL_CASEWORKER
-from workflow.domain.actors import Actor, Role
-from workflow.domain.changes import Disbursed
+from workflow.demo import KBP_CASEWORKER, KBP_FINANCE, KBP_FINANCE_LEAD, TLL_CASEWORKER
+from workflow.domain.changes import Disbursed, DisbursementRequested
 from workflow.domain.errors import BudgetExceeded, DomainError, GuardFailed, VersionConflict
 from workflow.domain.money import Money
 from workflow.domain.plan import Disbursement
@@ -77,24 +76,38 @@ def test_concurrent_fires_without_a_version_never_leave_a_gap(pg_app: App) -> No
     assert _history_versions(pg_app, case_id) == list(range(1, len(won) + 2))
 
 
-def test_two_disbursements_that_together_overspend_one_is_refused(pg_app: App) -> None:
+def test_two_requests_that_together_overspend_one_is_refused(pg_app: App) -> None:
     case_id = advance_to(pg_app, "plan_approved")
     line = pg_app.views.case(case_id)["plan"]["lines"][2]  # 700.00 EUR
-    finance = [KBP_FINANCE, Actor.of("kyiv-finance-2", "kyiv", Role.FINANCE_OFFICER)]
+    finance = [KBP_FINANCE, KBP_CASEWORKER]
     payload = {"budget_line_id": line["id"], "amount": "400.00", "currency": "EUR", "vendor": "v"}
 
     outcomes = _race(
-        2,
-        lambda i: pg_app.transitions.fire(
-            case_id, "disburse", finance[i], payload | {"receipt_ref": f"R-{i}"}
-        ),
+        2, lambda i: pg_app.transitions.fire(case_id, "request_disbursement", finance[i], payload)
     )
 
     won = [o for o in outcomes if not isinstance(o, DomainError)]
     refused = [o for o in outcomes if isinstance(o, DomainError)]
     assert len(won) == 1
-    # Refused by the version check or, had it read the spent line, by the budget: never paid twice.
-    assert len(refused) == 1 and isinstance(refused[0], VersionConflict | GuardFailed | BudgetExceeded)
+    # Refused by the version check or, had it read the other request, by the budget.
+    assert len(refused) == 1 and isinstance(refused[0], VersionConflict | GuardFailed)
+    assert pg_app.views.case(case_id)["plan"]["lines"][2]["requested"] == "400.00 EUR"
+
+
+def test_two_approvals_of_one_request_move_the_money_once(pg_app: App) -> None:
+    case_id = advance_to(pg_app, "plan_approved")
+    line = pg_app.views.case(case_id)["plan"]["lines"][2]
+    payload = {"budget_line_id": line["id"], "amount": "400.00", "currency": "EUR", "vendor": "v"}
+    pg_app.transitions.fire(case_id, "request_disbursement", KBP_CASEWORKER, payload)
+    approval = {"disbursement_id": pg_app.views.case(case_id)["plan"]["disbursements"][0]["id"]}
+    finance = [KBP_FINANCE, KBP_FINANCE_LEAD]
+
+    outcomes = _race(
+        2, lambda i: pg_app.transitions.fire(case_id, "approve_disbursement", finance[i], approval)
+    )
+
+    assert sum(not isinstance(o, DomainError) for o in outcomes) == 1
+    assert all(isinstance(o, VersionConflict | GuardFailed) for o in outcomes if isinstance(o, DomainError))
     assert pg_app.views.case(case_id)["plan"]["lines"][2]["disbursed"] == "400.00 EUR"
 
 
@@ -102,6 +115,17 @@ def test_the_database_refuses_an_overspend_that_python_checks_would_miss(pg_app:
     """Two transactions both pass the Python check on a stale read; the CHECK constraint stops one."""
     case_id = advance_to(pg_app, "plan_approved")
     line_id = pg_app.views.case(case_id)["plan"]["lines"][2]["id"]  # 700.00 EUR
+    amount = Money.from_minor(40000, "EUR")
+    with pg_app.uow() as uow:  # two requests of 400.00, written past the guards that would refuse one
+        repo = uow.cases
+        assert isinstance(repo, SqlCaseRepository)
+        case = repo.get(case_id)
+        assert case is not None
+        for i in range(2):
+            d = Disbursement(f"d-{i}", line_id, amount, "in_kind", "v", "kyiv-caseworker", pg_app_now(), i)
+            case.changes.append(DisbursementRequested(d))
+        repo._persist(case)
+        uow.commit()
     first_wrote, first_may_commit = threading.Event(), threading.Event()
 
     def spend(i: int) -> Any:
@@ -112,10 +136,7 @@ def test_the_database_refuses_an_overspend_that_python_checks_would_miss(pg_app:
             assert isinstance(repo, SqlCaseRepository)
             case = repo.get(case_id)
             assert case is not None
-            amount = Money.from_minor(40000, "EUR")
-            case.changes.append(
-                Disbursed(Disbursement(f"d-{i}", line_id, amount, "in_kind", "v", "r", "f", pg_app_now()))
-            )
+            case.changes.append(Disbursed(f"d-{i}", line_id, amount, f"kyiv-finance-{i}", pg_app_now()))
             if i == 0:
                 repo._persist(case)
                 first_wrote.set()
@@ -135,7 +156,10 @@ def test_the_database_refuses_an_overspend_that_python_checks_would_miss(pg_app:
             conn.scalar(select(tb.budget_lines.c.disbursed_minor).where(tb.budget_lines.c.id == line_id))
             == 40000
         )
-        assert conn.scalar(select(func.count()).select_from(tb.disbursements)) == 1
+        d = tb.disbursements.c
+        assert (
+            conn.scalar(select(func.count()).select_from(tb.disbursements).where(d.status == "approved")) == 1
+        )
 
 
 def pg_app_now() -> Any:

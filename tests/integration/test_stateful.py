@@ -48,6 +48,7 @@ from workflow.demo import (
     KBP_APPROVER,
     KBP_CASEWORKER,
     KBP_FINANCE,
+    KBP_FINANCE_LEAD,
     STEPS,
     TLL_APPROVER,
     TLL_CASEWORKER,
@@ -87,6 +88,7 @@ ACTORS = (
     TLL_TRAVEL,
     KBP_CASEWORKER,
     KBP_FINANCE,
+    KBP_FINANCE_LEAD,
     KBP_APPROVER,
     SYSTEM_ACTOR,
     RIGA_OFFICER,
@@ -265,11 +267,11 @@ def _draft_plan(data: st.DataObject, view: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _disburse(data: st.DataObject, view: dict[str, Any]) -> dict[str, Any]:
+def _request_disbursement(data: st.DataObject, view: dict[str, Any]) -> dict[str, Any]:
     plan = view["plan"]
     if plan and data.draw(st.integers(0, 9)) > 0:
         line = data.draw(st.sampled_from(plan["lines"]))
-        remaining = Decimal(line["remaining"].split()[0])  # "2000.00 EUR"
+        remaining = Decimal(line["remaining"].split()[0])  # "2000.00 EUR": what may still be requested
         amounts = ["50.00", str(remaining), str(remaining + Decimal("0.01")), "10000.00"]
         line_id = line["id"]
     else:
@@ -279,9 +281,22 @@ def _disburse(data: st.DataObject, view: dict[str, Any]) -> dict[str, Any]:
         "amount": data.draw(st.sampled_from(amounts)),
         "currency": "EUR",
         "vendor": "Budmarket hardware",
-        "receipt_ref": data.draw(st.sampled_from(["R-1", "R-2"])),
         "kind": data.draw(st.sampled_from(["in_kind", "in_kind", "in_kind", "cash"])),
     }
+
+
+def _about_a_disbursement(data: st.DataObject, view: dict[str, Any], shape: type) -> dict[str, Any]:
+    """A disbursement of the case in any status (the guards refuse the wrong ones), or a stranger."""
+    known = [d["id"] for d in (view["plan"] or {}).get("disbursements", ())]
+    stranger = not known or data.draw(st.integers(0, 9)) == 0
+    payload: dict[str, Any] = {
+        "disbursement_id": str(uuid.uuid4()) if stranger else data.draw(st.sampled_from(known))
+    }
+    if shape is p.RejectDisbursement:
+        payload["reason"] = data.draw(REASONS)
+    if shape is p.RecordReceipt:
+        payload["receipt_ref"] = data.draw(st.sampled_from(["R-1", "R-2"]))
+    return payload
 
 
 def _junk(data: st.DataObject, valid: Any) -> tuple[Any, bool]:
@@ -526,8 +541,12 @@ class EngineMachine(RuleBasedStateMachine):
                 pass  # the builder needs a plan or household like the story's
         if t.payload is p.DraftPlan:
             return _draft_plan(data, self._view(case_id))
-        if t.payload is p.Disburse:
-            return _disburse(data, self._view(case_id))
+        if t.payload is p.RequestDisbursement:
+            return _request_disbursement(data, self._view(case_id))
+        if t.payload in (p.ApproveDisbursement, p.RejectDisbursement, p.RecordReceipt):
+            return _about_a_disbursement(data, self._view(case_id), t.payload)
+        if t.payload is p.ReceiveHandover:  # opens a case: refused at an existing one before its payload
+            return {}
         if t.payload is p.RegisterInquiry:  # fired at an existing case: never allowed
             model = self.cases[case_id]
             return _registration(data, model.origin, model.destination)
@@ -536,8 +555,8 @@ class EngineMachine(RuleBasedStateMachine):
     def _view(self, case_id: str) -> dict[str, Any]:
         """The case view with its plan lines in the order they were drafted (member, category).
 
-        The engine returns budget lines in no particular order (no ORDER BY; on PostgreSQL a
-        disbursement can move its line to the end), while the seed story picks lines by index."""
+        The engine returns budget lines in no particular order (no ORDER BY; on PostgreSQL an
+        approved disbursement can move its line to the end), while the seed story picks lines by index."""
         view = self.app.views.case(case_id)
         if view["plan"]:
             members = [m["id"] for m in view["members"]]

@@ -15,6 +15,7 @@ from workflow.demo import (
     HOUSEHOLD,
     KBP_CASEWORKER,
     KBP_FINANCE,
+    KBP_FINANCE_LEAD,
     TLL_APPROVER,
     TLL_CASEWORKER,
     TLL_TRAVEL,
@@ -219,42 +220,150 @@ def test_the_database_refuses_to_rewrite_history(app: App, statement: str) -> No
         assert conn.scalar(text("SELECT count(*) FROM case_history")) == 1
 
 
-def _tranche(line_id: str, amount: str) -> dict[str, str]:
-    return {"budget_line_id": line_id, "amount": amount, "currency": "EUR", "vendor": "v", "receipt_ref": "r"}
+def _tranche(line_id: str, amount: str, kind: str = "in_kind") -> dict[str, str]:
+    return {"budget_line_id": line_id, "amount": amount, "currency": "EUR", "vendor": "v", "kind": kind}
 
 
-def test_approver_of_a_plan_cannot_disburse_against_it(app: App) -> None:
+def _line(app: App, case_id: str, index: int) -> dict[str, Any]:
+    return app.views.case(case_id)["plan"]["lines"][index]
+
+
+def _request(app: App, case_id: str, line_index: int, amount: str, actor: Actor = KBP_FINANCE) -> str:
+    line_id = _line(app, case_id, line_index)["id"]
+    app.transitions.fire(case_id, "request_disbursement", actor, _tranche(line_id, amount))
+    return str(app.views.case(case_id)["plan"]["disbursements"][-1]["id"])
+
+
+def _disbursement_row(app: App, disbursement_id: str) -> Any:
+    with app.db.connect() as conn:
+        d = tb.disbursements
+        return conn.execute(select(d).where(d.c.id == disbursement_id)).mappings().one()
+
+
+def test_whoever_requested_a_disbursement_cannot_approve_it(app: App) -> None:
+    case_id = advance_to(app, "plan_approved")
+    requested = _request(app, case_id, 0, "10.00")
+    before = snapshot_tables(app.db)
+
+    with pytest.raises(GuardFailed, match="four eyes: whoever requested"):
+        app.transitions.fire(case_id, "approve_disbursement", KBP_FINANCE, {"disbursement_id": requested})
+    assert snapshot_tables(app.db) == before
+
+    app.transitions.fire(case_id, "approve_disbursement", KBP_FINANCE_LEAD, {"disbursement_id": requested})
+    row = _disbursement_row(app, requested)
+    assert (row["status"], row["requested_by"], row["disbursed_by"]) == (
+        "approved",
+        KBP_FINANCE.id,
+        KBP_FINANCE_LEAD.id,
+    )
+    assert _line(app, case_id, 0)["disbursed"] == "10.00 EUR"
+    assert app.views.case(case_id)["state"] == "disbursing"
+
+
+def test_approver_of_a_plan_cannot_approve_disbursements_against_it(app: App) -> None:
     case_id = advance_to(app, "plan_approved")
     approver_with_finance_role = Actor(
         TLL_APPROVER.id, "kyiv", frozenset({Role.APPROVER, Role.FINANCE_OFFICER})
     )
-    line = app.views.case(case_id)["plan"]["lines"][0]
-    payload = _tranche(line["id"], "10.00")
+    requested = _request(app, case_id, 0, "10.00", KBP_CASEWORKER)
 
-    with pytest.raises(GuardFailed, match="four eyes"):
-        app.transitions.fire(case_id, "disburse", approver_with_finance_role, payload)
-    app.transitions.fire(case_id, "disburse", KBP_FINANCE, payload)  # another person may
+    with pytest.raises(GuardFailed, match="four eyes: the approver of this plan"):
+        app.transitions.fire(
+            case_id, "approve_disbursement", approver_with_finance_role, {"disbursement_id": requested}
+        )
+    app.transitions.fire(case_id, "approve_disbursement", KBP_FINANCE, {"disbursement_id": requested})
 
 
 def test_a_disbursement_beyond_the_budget_line_is_refused(app: App) -> None:
-    case_id = advance_to(app, "plan_approved")
-    line = app.views.case(case_id)["plan"]["lines"][2]  # 700.00 EUR
-    app.transitions.fire(case_id, "disburse", KBP_FINANCE, _tranche(line["id"], "650.00"))
+    case_id = advance_to(app, "plan_approved")  # line 2: 700.00 EUR
+    approved = _request(app, case_id, 2, "600.00")
+    app.transitions.fire(case_id, "approve_disbursement", KBP_FINANCE_LEAD, {"disbursement_id": approved})
+    _request(app, case_id, 2, "50.00")  # awaiting approval, yet counted
     before = snapshot_tables(app.db)
 
-    with pytest.raises(GuardFailed, match="exceeds"):
-        app.transitions.fire(case_id, "disburse", KBP_FINANCE, _tranche(line["id"], "50.01"))
+    with pytest.raises(GuardFailed, match=r"exceeds the 50\.00 EUR left"):
+        _request(app, case_id, 2, "50.01")
 
     assert snapshot_tables(app.db) == before
-    assert app.views.case(case_id)["plan"]["lines"][2]["remaining"] == "50.00 EUR"
+    line = _line(app, case_id, 2)
+    assert (line["disbursed"], line["requested"], line["remaining"]) == (
+        "600.00 EUR",
+        "50.00 EUR",
+        "50.00 EUR",
+    )
+
+
+def test_a_rejected_request_frees_its_amount_and_keeps_the_reason_out_of_the_payload(app: App) -> None:
+    case_id = advance_to(app, "plan_approved")
+    requested = _request(app, case_id, 2, "700.00")
+    reason = "invoice names the wrong child"
+    app.transitions.fire(
+        case_id, "reject_disbursement", KBP_FINANCE_LEAD, {"disbursement_id": requested, "reason": reason}
+    )
+
+    assert _disbursement_row(app, requested)["status"] == "rejected"
+    assert _line(app, case_id, 2)["remaining"] == "700.00 EUR"
+    last = app.views.history(case_id)[-1]
+    assert (last["trigger"], last["reason"], last["payload"]) == (
+        "reject_disbursement",
+        reason,
+        {"disbursement_id": requested},
+    )
+    assert app.views.case(case_id)["state"] == "plan_approved"  # no money has moved
+
+
+def test_an_approval_records_the_tranche_in_history_and_a_receipt_settles_it(app: App) -> None:
+    case_id = advance_to(app, "plan_approved")
+    requested = _request(app, case_id, 0, "1450.00")
+    app.transitions.fire(case_id, "approve_disbursement", KBP_FINANCE_LEAD, {"disbursement_id": requested})
+    approval = app.views.history(case_id)[-1]
+    assert approval["payload"] == {
+        "disbursement_id": requested,
+        "budget_line_id": _line(app, case_id, 0)["id"],
+        "amount": "1450.00",
+        "currency": "EUR",
+    }
+    with pytest.raises(GuardFailed, match="no receipt yet"):
+        app.transitions.fire(case_id, "complete_disbursement", KBP_FINANCE)
+
+    receipt = {"disbursement_id": requested, "receipt_ref": "R-1001"}
+    app.transitions.fire(case_id, "record_receipt", KBP_CASEWORKER, receipt)
+    row = _disbursement_row(app, requested)
+    assert (row["status"], row["receipt_ref"], row["receipt_recorded_by"]) == (
+        "receipted",
+        "R-1001",
+        KBP_CASEWORKER.id,
+    )
+    app.transitions.fire(case_id, "complete_disbursement", KBP_FINANCE)
+    assert app.views.case(case_id)["state"] == "monitoring"
 
 
 def test_cash_is_refused_while_the_programme_keeps_it_off(app: App) -> None:
     case_id = advance_to(app, "plan_approved")
-    line = app.views.case(case_id)["plan"]["lines"][0]
-    payload = _tranche(line["id"], "10.00")
+    line = _line(app, case_id, 0)
     with pytest.raises(GuardFailed, match="cash"):
-        app.transitions.fire(case_id, "disburse", KBP_FINANCE, payload | {"kind": "cash"})
+        app.transitions.fire(
+            case_id, "request_disbursement", KBP_FINANCE, _tranche(line["id"], "10.00", "cash")
+        )
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE disbursements SET disbursed_by = requested_by",  # four eyes
+        "UPDATE disbursements SET receipt_ref = NULL",  # a receipted tranche has its receipt
+        "UPDATE disbursements SET status = 'paid'",
+    ],
+)
+def test_the_database_refuses_disbursements_that_break_the_rules(app: App, statement: str) -> None:
+    case_id = advance_to(app, "plan_approved")
+    requested = _request(app, case_id, 0, "10.00")
+    app.transitions.fire(case_id, "approve_disbursement", KBP_FINANCE_LEAD, {"disbursement_id": requested})
+    app.transitions.fire(
+        case_id, "record_receipt", KBP_FINANCE, {"disbursement_id": requested, "receipt_ref": "R"}
+    )
+    with pytest.raises(DBAPIError), app.db.begin() as conn:
+        conn.execute(text(statement))
 
 
 def test_moving_on_cancels_the_deadlines_of_the_state_left(app: App) -> None:

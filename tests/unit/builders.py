@@ -13,7 +13,7 @@ from workflow.domain.case import Case
 from workflow.domain.lifecycle import DESTINATION, LIFECYCLE, ORIGIN, Transition
 from workflow.domain.machine import LifecycleMachine, machine_for
 from workflow.domain.money import Money
-from workflow.domain.plan import BudgetLine, Plan
+from workflow.domain.plan import APPROVED, RECEIPTED, REQUESTED, BudgetLine, Disbursement, Plan
 from workflow.domain.programme import FireContext, Programme
 from workflow.domain.records import Eligibility, HouseholdMember
 from workflow.service_layer.payloads import parse_payload
@@ -34,6 +34,10 @@ PROGRAMME = Programme(
 PRINCIPAL_ID = "member-principal"
 LINE_ID = "line-business"
 PLAN_APPROVER_ID = "approver-who-approved-the-plan"
+REQUESTER_ID = "caseworker-who-requested"
+FINANCE_LEAD_ID = "finance-lead-who-approved"
+# The default plan's tranches: one done, one approved awaiting its receipt, one awaiting approval.
+RECEIPTED_ID, APPROVED_ID, REQUESTED_ID = "tranche-receipted", "tranche-approved", "tranche-requested"
 DEPARTURE_ON = date(2026, 12, 1)
 
 # One valid raw payload per payload class the lifecycle names (as a client would send it).
@@ -80,13 +84,15 @@ SAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
         "currency": "EUR",
         "lines": [{"member_id": PRINCIPAL_ID, "category": "business", "amount": "2000.00"}],
     },
-    "Disburse": {
+    "RequestDisbursement": {
         "budget_line_id": LINE_ID,
         "amount": "150.00",
         "currency": "EUR",
         "vendor": "Hardware shop",
-        "receipt_ref": "R-1",
     },
+    "ApproveDisbursement": {"disbursement_id": REQUESTED_ID},
+    "RejectDisbursement": {"disbursement_id": REQUESTED_ID, "reason": "the invoice is a duplicate"},
+    "RecordReceipt": {"disbursement_id": APPROVED_ID, "receipt_ref": "R-1"},
     "RecordContribution": {"amount": "90.00", "currency": "EUR", "purpose": "rent of the premises"},
     "RecordMonitoringVisit": {"visited_on": "2027-03-01", "kind": "home_visit", "plan_on_track": True},
     "Close": {"outcome": "reintegrated"},
@@ -120,9 +126,52 @@ def household() -> list[HouseholdMember]:
     return [HouseholdMember(PRINCIPAL_ID, "Test Principal", date(1987, 3, 14), "principal")]
 
 
-def approved_plan(allocated: str = "1000.00", disbursed: str = "100.00") -> Plan:
+def tranche(
+    disbursement_id: str,
+    amount: str,
+    status: str,
+    requested_by: str = REQUESTER_ID,
+    kind: str = "in_kind",
+    position: int = 0,
+) -> Disbursement:
+    d = Disbursement(
+        disbursement_id,
+        LINE_ID,
+        Money(Decimal(amount), "EUR"),
+        kind,
+        "Hardware shop",
+        requested_by,
+        NOW - timedelta(days=3),
+        position,
+        status,
+    )
+    if status in (APPROVED, RECEIPTED):
+        d.approved_by, d.approved_at = FINANCE_LEAD_ID, NOW - timedelta(days=2)
+    if status == RECEIPTED:
+        d.receipt_ref, d.receipt_recorded_by, d.receipt_recorded_at = "R-0", REQUESTER_ID, NOW
+    return d
+
+
+def default_tranches() -> list[Disbursement]:
+    """100.00 disbursed (60.00 receipted, 40.00 awaiting its receipt), 50.00 awaiting approval."""
+    return [
+        tranche(RECEIPTED_ID, "60.00", RECEIPTED, position=0),
+        tranche(APPROVED_ID, "40.00", APPROVED, position=1),
+        tranche(REQUESTED_ID, "50.00", REQUESTED, position=2),
+    ]
+
+
+def settled_tranches() -> list[Disbursement]:
+    """100.00 disbursed, every receipt in, nothing awaiting approval: disbursement may complete."""
+    return [tranche(RECEIPTED_ID, "60.00", RECEIPTED), tranche(APPROVED_ID, "40.00", RECEIPTED, position=1)]
+
+
+def approved_plan(allocated: str = "1000.00", tranches: list[Disbursement] | None = None) -> Plan:
+    """One budget line; what is disbursed on it is what its approved tranches add up to."""
+    tranches = default_tranches() if tranches is None else tranches
+    disbursed = sum((d.amount.amount for d in tranches if d.status in (APPROVED, RECEIPTED)), Decimal(0))
     line = BudgetLine(
-        LINE_ID, PRINCIPAL_ID, "business", Money(Decimal(allocated), "EUR"), Money(Decimal(disbursed), "EUR")
+        LINE_ID, PRINCIPAL_ID, "business", Money(Decimal(allocated), "EUR"), Money(disbursed, "EUR")
     )
     return Plan(
         "plan-1",
@@ -132,6 +181,7 @@ def approved_plan(allocated: str = "1000.00", disbursed: str = "100.00") -> Plan
         [line],
         approved_by=PLAN_APPROVER_ID,
         approved_at=NOW - timedelta(days=5),
+        disbursements=tranches,
     )
 
 
@@ -161,6 +211,19 @@ def case_in(state: str, parts: Iterable[str] = ("members", "plan"), version: int
         )
     values.update(fields)
     return Case(**values)
+
+
+# The one trigger whose guards the default case cannot meet: it needs every tranche settled,
+# while record_receipt (from the same state) needs one awaiting its receipt.
+SETTLED_FOR = frozenset({"complete_disbursement"})
+
+
+def case_for(t: Transition, source: str, version: int = 7) -> Case:
+    """A case in ``source`` holding only ``t``'s needs, on which ``t``'s guards all pass."""
+    case = case_in(source, parts=t.needs, version=version)
+    if t.trigger in SETTLED_FOR and case.plan:
+        case.plan = approved_plan(tranches=settled_tranches())
+    return case
 
 
 def actor_for(t: Transition, role: Role, office: str | None = None) -> Actor:

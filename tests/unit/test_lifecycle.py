@@ -15,6 +15,7 @@ from tests.unit.builders import (
     SAMPLE_PAYLOADS,
     STRANGER_OFFICE,
     actor_for,
+    case_for,
     case_in,
     ctx,
     first_role,
@@ -61,7 +62,7 @@ BY_TRIGGER = [pytest.param(t, id=t.trigger) for t in TRANSITIONS]
 def test_each_edge_moves_a_case_holding_only_its_needs_to_the_target_and_emits_the_events(
     source, t, target, role
 ):
-    case = case_in(source, parts=t.needs, version=7)
+    case = case_for(t, source, version=7)
     actor = actor_for(t, role)
 
     fired = machine().fire(case, t.trigger, payload_for(t), ctx(actor))

@@ -13,11 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.builders import (
+    APPROVED_ID,
     NOW,
     OFFICE_ON,
     PROGRAMME,
+    REQUESTED_ID,
     STRANGER_OFFICE,
     actor_for,
+    case_for,
     case_in,
     ctx,
     first_role,
@@ -52,7 +55,7 @@ def test_machine_for_returns_one_shared_machine_per_version():
 
 @pytest.mark.parametrize(("source", "t", "target"), EDGES)
 def test_firing_attaches_nothing_to_the_case_or_the_machine(source, t, target):
-    case = case_in(source, parts=t.needs)
+    case = case_for(t, source)
     names_before, class_before = dir(case), dict(vars(Case))
 
     fire_first_role(case, t)
@@ -114,7 +117,7 @@ def _moves(source: str, t: Any, target: str) -> bool:
 
 @pytest.mark.parametrize(("source", "t", "target"), EDGES)
 def test_timers_are_cancelled_on_leaving_and_armed_on_entering_a_state_with_deadlines(source, t, target):
-    case = case_in(source, parts=t.needs)
+    case = case_for(t, source)
     case.changes.clear()
 
     fire_first_role(case, t)
@@ -158,8 +161,9 @@ def test_leaving_travel_booked_cancels_the_departure_reminder(trigger):
 
 
 def test_entering_monitoring_arms_the_visit_timer_for_the_programme_interval():
-    case = case_in("disbursing")
-    fire_first_role(case, LIFECYCLE.by_trigger["complete_disbursement"])
+    complete = LIFECYCLE.by_trigger["complete_disbursement"]
+    case = case_for(complete, "disbursing")
+    fire_first_role(case, complete)
     (started,) = case.changes
     assert isinstance(started, TimerStarted)
     assert started.timer.due_at == NOW + PROGRAMME.monitoring_interval
@@ -205,7 +209,9 @@ ACTORS = [
 START_STATES = [LIFECYCLE.initial, *(s.name for s in LIFECYCLE.states)]
 # Payloads that a guard refuses, beside the valid samples.
 BROKEN_PAYLOADS = {
-    "Disburse": [{"kind": "cash"}, {"amount": "5000.00"}],
+    "RequestDisbursement": [{"kind": "cash"}, {"amount": "5000.00"}, {"budget_line_id": "line-elsewhere"}],
+    "ApproveDisbursement": [{"disbursement_id": APPROVED_ID}, {"disbursement_id": "no-such-tranche"}],
+    "RecordReceipt": [{"disbursement_id": REQUESTED_ID}],
     "ConfirmArrival": [{"arrived_on": "2026-11-01"}],
 }
 
@@ -253,7 +259,12 @@ def test_the_seed_familys_story_runs_in_memory_from_registration_to_closure():
     for step in STEPS:
         view = {
             "members": [{"id": m.id} for m in case.members or ()],
-            "plan": {"lines": [{"id": line.id} for line in case.plan.lines]} if case.plan else None,
+            "plan": {
+                "lines": [{"id": line.id} for line in case.plan.lines],
+                "disbursements": [{"id": d.id, "status": d.status} for d in case.plan.disbursements],
+            }
+            if case.plan
+            else None,
         }
         raw = step.payload(view) if callable(step.payload) else step.payload
         t = LIFECYCLE.by_trigger[step.trigger]

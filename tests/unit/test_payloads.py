@@ -87,7 +87,7 @@ def _with_amount(shape: type, amount: str, currency: str | None = None) -> dict[
     return raw
 
 
-MONEY_SHAPES = [p.Disburse, p.RecordContribution, p.DraftPlan]
+MONEY_SHAPES = [p.RequestDisbursement, p.RecordContribution, p.DraftPlan]
 BAD_AMOUNTS = [
     pytest.param("10.001", None, "at most 2 decimal places", id="too-many-decimals"),
     pytest.param("10.5", "JPY", "at most 0 decimal places", id="decimals-in-yen"),

@@ -13,7 +13,7 @@ from workflow.adapters.change_writers import WRITERS
 from workflow.domain.case import Case
 from workflow.domain.errors import VersionConflict
 from workflow.domain.money import Money
-from workflow.domain.plan import BudgetLine, Plan
+from workflow.domain.plan import BudgetLine, Disbursement, Plan
 from workflow.domain.records import Eligibility, HouseholdMember
 
 # Columns of ``cases`` that a transition may change, read from the aggregate as-is.
@@ -45,6 +45,11 @@ _ELIGIBILITY = (
 _SELECT_CASE = select(tb.cases).where(tb.cases.c.id == bindparam("_id"))
 _UPDATE_CASE = update(tb.cases).where(
     tb.cases.c.id == bindparam("_id"), tb.cases.c.version == bindparam("_expected")
+)
+_SELECT_DISBURSEMENTS = (
+    select(tb.disbursements)
+    .where(tb.disbursements.c.case_id == bindparam("_case"))
+    .order_by(tb.disbursements.c.position)
 )
 
 
@@ -128,7 +133,33 @@ class SqlCaseRepository:
             ],
             row["approved_by"],
             row["approved_at"],
+            self._disbursements(case_id),
         )
+
+    def _disbursements(self, case_id: str) -> list[Disbursement]:
+        rows = self._conn.execute(_SELECT_DISBURSEMENTS, {"_case": case_id}).mappings()
+        return [
+            Disbursement(
+                r["id"],
+                r["budget_line_id"],
+                Money.from_minor(r["amount_minor"], r["currency"]),
+                r["kind"],
+                r["vendor"],
+                r["requested_by"],
+                r["requested_at"],
+                r["position"],
+                r["status"],
+                # The columns predate requests: the one who disbursed is the one who approved.
+                r["disbursed_by"],
+                r["disbursed_at"],
+                r["receipt_ref"],
+                r["receipt_recorded_by"],
+                r["receipt_recorded_at"],
+                r["rejected_by"],
+                r["rejected_at"],
+            )
+            for r in rows
+        ]
 
 
 def _row(case: Case, now: datetime) -> dict[str, Any]:

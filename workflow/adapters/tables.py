@@ -229,11 +229,31 @@ disbursements = Table(
     Column("currency", String(3), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("vendor", String(200), nullable=False),
-    Column("receipt_ref", String(120), nullable=False),
-    Column("disbursed_by", String(120), nullable=False),
-    Column("disbursed_at", Stamp, nullable=False),
+    Column("receipt_ref", String(120)),  # recorded after the approval
+    # The finance officer who approved the request, and when: the money moved then.
+    Column("disbursed_by", String(120)),
+    Column("disbursed_at", Stamp),
     CheckConstraint("amount_minor > 0", name="amount_positive"),
     CheckConstraint("kind IN ('in_kind', 'cash')", name="kind_known"),
+    # Requests (migration 0005): requested, then approved or rejected; receipted once its receipt is in.
+    Column("status", String(16), nullable=False),
+    Column("position", Integer, nullable=False),  # the order the case's requests were made in
+    Column("requested_by", String(120)),  # none on tranches disbursed in one step before 0005
+    Column("requested_at", Stamp, nullable=False),
+    Column("receipt_recorded_by", String(120)),
+    Column("receipt_recorded_at", Stamp),
+    Column("rejected_by", String(120)),
+    Column("rejected_at", Stamp),
+    CheckConstraint("status IN ('requested', 'approved', 'rejected', 'receipted')", name="status_known"),
+    CheckConstraint(
+        "status IN ('requested', 'rejected') OR (disbursed_by IS NOT NULL AND disbursed_at IS NOT NULL)",
+        name="approval_recorded",
+    ),
+    CheckConstraint("status <> 'receipted' OR receipt_ref IS NOT NULL", name="receipt_recorded"),
+    CheckConstraint("status <> 'rejected' OR rejected_by IS NOT NULL", name="rejection_recorded"),
+    # Four eyes, in the database too: the approver is never the requester.
+    CheckConstraint("disbursed_by <> requested_by", name="four_eyes"),
+    UniqueConstraint("case_id", "position"),
 )
 
 contributions = Table(

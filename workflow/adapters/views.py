@@ -67,10 +67,20 @@ class CaseViews:
                             "member_id": line.member_id,
                             "category": line.category,
                             "allocated": str(line.allocated),
+                            "requested": str(case.plan.requested(line)),
                             "disbursed": str(line.disbursed),
-                            "remaining": str(line.remaining),
+                            "remaining": str(case.plan.available(line)),  # what may still be requested
                         }
                         for line in case.plan.lines
+                    ],
+                    "disbursements": [
+                        {
+                            "id": d.id,
+                            "budget_line_id": d.budget_line_id,
+                            "amount": str(d.amount),
+                            "status": d.status,
+                        }
+                        for d in case.plan.disbursements
                     ],
                 },
                 "contributions": self._contributions(conn, case_id),

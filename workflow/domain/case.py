@@ -12,13 +12,16 @@ from workflow.domain.changes import (
     Change,
     ContributionRecorded,
     Disbursed,
+    DisbursementRejected,
+    DisbursementRequested,
     MembersAdded,
     PlanApproved,
     PlanDrafted,
+    ReceiptRecorded,
     VisitRecorded,
 )
 from workflow.domain.money import Money
-from workflow.domain.plan import BudgetLine, Disbursement, Plan
+from workflow.domain.plan import APPROVED, RECEIPTED, REJECTED, BudgetLine, Disbursement, Plan
 from workflow.domain.programme import FireContext
 from workflow.domain.records import (
     Contribution,
@@ -80,7 +83,8 @@ class Case:
         return self._state == NEW
 
     # Effects: one per transition that changes more than the state. Called by
-    # the machine after guards passed; they record changes, never do I/O.
+    # the machine after guards passed; they record changes, never do I/O. One that
+    # returns a payload has history record that instead of the one it was given.
 
     def register(self, payload: p.RegisterInquiry, ctx: FireContext) -> None:
         self.origin_office = payload.origin_office
@@ -151,26 +155,53 @@ class Case:
         self.plan.approved_by, self.plan.approved_at = ctx.actor.id, ctx.now
         self.changes.append(PlanApproved(self.plan.id, ctx.actor.id, ctx.now))
 
-    def disburse(self, payload: p.Disburse, ctx: FireContext) -> None:
-        assert self.plan is not None
-        line = self.plan.line(payload.budget_line_id)
-        assert line is not None  # guaranteed by the disbursement guard
-        amount = Money(payload.amount, payload.currency)
-        line.disbursed = Money(line.disbursed.amount + amount.amount, amount.currency)
-        self.changes.append(
-            Disbursed(
-                Disbursement(
-                    new_id(),
-                    line.id,
-                    amount,
-                    payload.kind,
-                    payload.vendor,
-                    payload.receipt_ref,
-                    ctx.actor.id,
-                    ctx.now,
-                )
-            )
+    # Disbursements: the guards have checked that the plan, the line and the referenced
+    # disbursement exist and that the request is in the status the transition needs.
+
+    def request_disbursement(self, payload: p.RequestDisbursement, ctx: FireContext) -> None:
+        plan = self._plan()
+        d = Disbursement(
+            new_id(),
+            payload.budget_line_id,
+            Money(payload.amount, payload.currency),
+            payload.kind,
+            payload.vendor,
+            ctx.actor.id,
+            ctx.now,
+            position=len(plan.disbursements),
         )
+        plan.disbursements.append(d)
+        self.changes.append(DisbursementRequested(d))
+
+    def approve_disbursement(self, payload: p.ApproveDisbursement, ctx: FireContext) -> p.GrantDisbursed:
+        """Commits the money; returns what history records of it (the line, amount, currency)."""
+        d = self._disbursement(payload.disbursement_id)
+        line = self._plan().line(d.budget_line_id)
+        assert line is not None
+        line.disbursed = Money(line.disbursed.amount + d.amount.amount, d.amount.currency)
+        d.status, d.approved_by, d.approved_at = APPROVED, ctx.actor.id, ctx.now
+        self.changes.append(Disbursed(d.id, d.budget_line_id, d.amount, ctx.actor.id, ctx.now))
+        return p.GrantDisbursed(d.id, d.budget_line_id, d.amount.amount, d.amount.currency)
+
+    def reject_disbursement(self, payload: p.RejectDisbursement, ctx: FireContext) -> None:
+        d = self._disbursement(payload.disbursement_id)
+        d.status, d.rejected_by, d.rejected_at = REJECTED, ctx.actor.id, ctx.now
+        self.changes.append(DisbursementRejected(d.id, ctx.actor.id, ctx.now))
+
+    def record_receipt(self, payload: p.RecordReceipt, ctx: FireContext) -> None:
+        d = self._disbursement(payload.disbursement_id)
+        d.status, d.receipt_ref = RECEIPTED, payload.receipt_ref
+        d.receipt_recorded_by, d.receipt_recorded_at = ctx.actor.id, ctx.now
+        self.changes.append(ReceiptRecorded(d.id, payload.receipt_ref, ctx.actor.id, ctx.now))
+
+    def _plan(self) -> Plan:
+        assert self.plan is not None  # guaranteed by the plan_approved guard
+        return self.plan
+
+    def _disbursement(self, disbursement_id: str) -> Disbursement:
+        d = self._plan().disbursement(disbursement_id)
+        assert d is not None  # guaranteed by the guard on the disbursement's status
+        return d
 
     def record_contribution(self, payload: p.RecordContribution, ctx: FireContext) -> None:
         money = Money(payload.amount, payload.currency)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from workflow.domain.money import Money
 from workflow.domain.plan import Disbursement, Plan
 from workflow.domain.records import Contribution, HouseholdMember, MonitoringVisit, Timer
 
@@ -29,10 +30,35 @@ class PlanApproved:
 
 
 @dataclass(frozen=True, slots=True)
-class Disbursed:
-    """Persisted as a guarded increment of the budget line; the database refuses overspending."""
-
+class DisbursementRequested:
     disbursement: Disbursement
+
+
+@dataclass(frozen=True, slots=True)
+class Disbursed:
+    """An approved request. Persisted as a guarded increment of the budget line; the database
+    refuses overspending."""
+
+    disbursement_id: str
+    budget_line_id: str
+    amount: Money
+    approved_by: str
+    approved_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DisbursementRejected:
+    disbursement_id: str
+    rejected_by: str
+    rejected_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRecorded:
+    disbursement_id: str
+    receipt_ref: str
+    recorded_by: str
+    recorded_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +85,10 @@ Change = (
     MembersAdded
     | PlanDrafted
     | PlanApproved
+    | DisbursementRequested
     | Disbursed
+    | DisbursementRejected
+    | ReceiptRecorded
     | ContributionRecorded
     | VisitRecorded
     | TimerStarted

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from workflow.domain.case import Case
+from workflow.domain.plan import APPROVED, REQUESTED, Disbursement
 from workflow.domain.programme import FireContext
 
 Guard = Callable[[Case, Any, FireContext], list[str]]
@@ -80,31 +83,106 @@ def has_plan(case: Case, payload: Any, ctx: FireContext) -> list[str]:
     return [] if case.plan else ["the case has no reintegration plan"]
 
 
-def four_eyes(case: Case, payload: Any, ctx: FireContext) -> list[str]:
-    if case.plan and case.plan.approved_by == ctx.actor.id:
-        return ["four eyes: the approver of this plan cannot disburse against it"]
+def plan_approved(case: Case, payload: Any, ctx: FireContext) -> list[str]:
+    if case.plan is None:
+        return ["the case has no reintegration plan"]
+    return [] if case.plan.approved_by else ["the reintegration plan is not approved"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Tranche:
+    """The spend a guard weighs: named by a request's payload, or by the request it approves."""
+
+    line_id: str
+    amount: Decimal
+    currency: str
+    kind: str
+    disbursement_id: str | None
+
+
+def _referenced(case: Case, payload: Any) -> Disbursement | None:
+    return case.plan.disbursement(payload.disbursement_id) if case.plan else None
+
+
+def _tranche(case: Case, payload: Any) -> _Tranche | None:
+    if not hasattr(payload, "disbursement_id"):
+        return _Tranche(payload.budget_line_id, payload.amount, payload.currency, payload.kind, None)
+    d = _referenced(case, payload)
+    if d is None:  # reported by the guard on the disbursement's status
+        return None
+    return _Tranche(d.budget_line_id, d.amount.amount, d.amount.currency, d.kind, d.id)
+
+
+def _in_status(status: str, case: Case, payload: Any) -> list[str]:
+    d = _referenced(case, payload)
+    if d is None:
+        return [f"disbursement {payload.disbursement_id} is not in this case's plan"]
+    if d.status != status:
+        return [f"disbursement {d.id} is {d.status}, not {status}"]
     return []
 
 
+def disbursement_requested(case: Case, payload: Any, ctx: FireContext) -> list[str]:
+    return _in_status(REQUESTED, case, payload)
+
+
+def disbursement_approved(case: Case, payload: Any, ctx: FireContext) -> list[str]:
+    return _in_status(APPROVED, case, payload)
+
+
+def four_eyes(case: Case, payload: Any, ctx: FireContext) -> list[str]:
+    """The money moves only with a second person: neither the requester nor the plan's approver."""
+    reasons = []
+    d = _referenced(case, payload)
+    if d is not None and d.requested_by == ctx.actor.id:
+        reasons.append("four eyes: whoever requested a disbursement cannot approve it")
+    if case.plan and case.plan.approved_by == ctx.actor.id:
+        reasons.append("four eyes: the approver of this plan cannot approve disbursements against it")
+    return reasons
+
+
 def cash_allowed(case: Case, payload: Any, ctx: FireContext) -> list[str]:
-    if payload.kind == "cash" and not ctx.programme.allow_cash:
+    tranche = _tranche(case, payload)
+    if tranche and tranche.kind == "cash" and not ctx.programme.allow_cash:
         return ["cash assistance is switched off for this programme"]
     return []
 
 
 def within_budget_line(case: Case, payload: Any, ctx: FireContext) -> list[str]:
-    line = case.plan.line(payload.budget_line_id) if case.plan else None
+    """Counts what is disbursed and what other requests await approval on the line."""
+    tranche = _tranche(case, payload)
+    if tranche is None or case.plan is None:
+        return []
+    line = case.plan.line(tranche.line_id)
     if line is None:
-        return [f"budget line {payload.budget_line_id} is not in this case's plan"]
-    if payload.currency != line.allocated.currency:
-        return [f"budget line is in {line.allocated.currency}, not {payload.currency}"]
-    if payload.amount > line.remaining.amount:
-        return [f"disbursement of {payload.amount} exceeds the {line.remaining} left on the budget line"]
+        return [f"budget line {tranche.line_id} is not in this case's plan"]
+    if tranche.currency != line.allocated.currency:
+        return [f"budget line is in {line.allocated.currency}, not {tranche.currency}"]
+    available = case.plan.available(line, excluding=tranche.disbursement_id)
+    if tranche.amount > available.amount:
+        pending = case.plan.requested(line, excluding=tranche.disbursement_id)
+        awaiting = f" besides {pending} requested and awaiting approval" if pending.amount else ""
+        return [f"disbursement of {tranche.amount} exceeds the {available} left on the budget line{awaiting}"]
     return []
 
 
 def has_disbursement(case: Case, payload: Any, ctx: FireContext) -> list[str]:
     return [] if case.plan and case.plan.disbursed_anything else ["nothing has been disbursed yet"]
+
+
+def no_request_awaiting_approval(case: Case, payload: Any, ctx: FireContext) -> list[str]:
+    waiting = case.plan.with_status(REQUESTED) if case.plan else []
+    if waiting:
+        ids = ", ".join(d.id for d in waiting)
+        return [f"disbursement requests await approval or rejection: {ids}"]
+    return []
+
+
+def every_receipt_recorded(case: Case, payload: Any, ctx: FireContext) -> list[str]:
+    missing = case.plan.with_status(APPROVED) if case.plan else []
+    if missing:
+        return [f"approved disbursements have no receipt yet: {', '.join(d.id for d in missing)}"]
+    return []
 
 
 def has_monitoring_visit_unless_contact_lost(case: Case, payload: Any, ctx: FireContext) -> list[str]:

@@ -44,7 +44,9 @@ def _apply_effect(event: EventData) -> None:
     firing = event.model
     assert isinstance(firing, _Firing)
     if firing.effect:
-        getattr(firing.case, firing.effect)(firing.payload, firing.ctx)
+        recorded = getattr(firing.case, firing.effect)(firing.payload, firing.ctx)
+        if recorded is not None:  # the payload completed with what the case knew, for history
+            firing.payload = recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ class LifecycleMachine:
         events = tuple(
             Event(str(uuid.uuid4()), name, case.id, case.version, ctx.now, data) for name in t.events
         )
-        return Fired(t, source, case.state, events, payload)
+        return Fired(t, source, case.state, events, firing.payload)
 
     def triggers_for(self, case: Case, actor: Actor) -> tuple[str, ...]:
         """The triggers this actor could fire now (guards aside)."""

@@ -187,18 +187,57 @@ class DraftPlan:
 
 
 @dataclass(frozen=True)
-class Disburse:
+class RequestDisbursement:
+    """One tranche to a supplier (or, where the programme allows, cash), to be approved by
+    another finance officer before any money moves."""
+
     __pydantic_config__ = _STRICT
     budget_line_id: str
     amount: Decimal
     currency: str
     vendor: str
-    receipt_ref: str
     kind: Literal["in_kind", "cash"] = "in_kind"
 
     def __post_init__(self) -> None:
         _require(self.amount > 0, "a disbursement must be positive")
         _require_money(self.amount, self.currency)
+
+
+@dataclass(frozen=True)
+class ApproveDisbursement:
+    __pydantic_config__ = _STRICT
+    disbursement_id: str
+
+
+@dataclass(frozen=True)
+class RejectDisbursement:
+    __pydantic_config__ = _STRICT
+    disbursement_id: str
+    reason: str = free_text()
+
+    def __post_init__(self) -> None:
+        _require(bool(self.reason), "a reason is required")
+
+
+@dataclass(frozen=True)
+class RecordReceipt:
+    __pydantic_config__ = _STRICT
+    disbursement_id: str
+    receipt_ref: str = field(metadata={"max_length": 120})
+
+    def __post_init__(self) -> None:
+        _require(bool(self.receipt_ref), "a receipt reference is required")
+
+
+@dataclass(frozen=True)
+class GrantDisbursed:
+    """Not sent by anyone: what history records of an approval, so that the family's notice
+    (and any reader of the history) finds the line, amount and currency without a join."""
+
+    disbursement_id: str
+    budget_line_id: str
+    amount: Decimal
+    currency: str
 
 
 @dataclass(frozen=True)
