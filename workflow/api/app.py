@@ -16,7 +16,7 @@ from workflow.adapters.access_log import SqlAccessLog
 from workflow.adapters.tokens import SqlTokens
 from workflow.api.context import Engine, RequestIdMiddleware, action, engine, request_id
 from workflow.api.problems import PROBLEM_SCHEMA, PROBLEMS, ApiProblem, problem
-from workflow.api.routes import cases, events, handover, health, lifecycle, listing
+from workflow.api.routes import cases, events, grants, handover, health, lifecycle, listing
 from workflow.api.schemas import payload_schemas
 from workflow.api.security import Authenticator
 from workflow.bootstrap import App, bootstrap
@@ -48,6 +48,7 @@ def create_app(app: App | None = None, settings: Settings | None = None) -> Fast
     api.add_middleware(RequestIdMiddleware)
     api.include_router(cases.router)
     api.include_router(listing.router)
+    api.include_router(grants.router)
     api.include_router(events.router)
     api.include_router(lifecycle.router)
     api.include_router(health.router)

@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from workflow.api.context import Call, Caller
 from workflow.api.problems import ApiProblem, responses
+from workflow.api.routes.grants import MONEY, limit_money
 from workflow.api.schemas import body
 from workflow.domain import payloads as p
 from workflow.domain.errors import InvalidPayload
@@ -149,6 +150,8 @@ async def _fire(
     if_match: str | None,
     idempotency_key: str | None,
 ) -> dict[str, Any]:
+    if trigger in MONEY:
+        await run_in_threadpool(limit_money, caller)
     # An unknown trigger answers unknown_trigger (or unknown_case) whatever the preconditions.
     version = expected_version(if_match) if trigger in LIFECYCLE.by_trigger else None
     payload = await json_object(request)
