@@ -54,7 +54,11 @@ class Store:
     def record_delivery(self, job: Job, channel: str, now: datetime) -> None:
         self.deliveries.add(channel)
 
-    def finish(self, job: Job, status: str, error: str | None, now: datetime) -> None:
+    def finish(
+        self, job: Job, status: str, error: str | None, now: datetime, delivered: str | None = None
+    ) -> None:
+        if delivered is not None:
+            self.deliveries.add(delivered)
         self.status = status
 
     def dead_letter(self, job: Job, error: str, now: datetime) -> None:

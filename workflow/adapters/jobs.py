@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import ColumnElement, Connection, Engine, and_, bindparam, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
@@ -19,80 +22,188 @@ from workflow.service_layer.effects import Job
 j = tb.jobs.c
 
 
+FINISHED = ("done", "dead")
+
+
 def _key(job: Job) -> ColumnElement[bool]:
     return and_(j.event_id == job.event_id, j.effect == job.effect)
 
 
+@contextmanager
+def autocommit(db: Engine, write: bool = True) -> Iterator[Connection]:
+    """A connection whose statements each commit as they run: on PostgreSQL no BEGIN and
+    COMMIT round trips. For single statements, or reads that need no common snapshot. SQLite
+    gets an ordinary transaction (its writers queue on one lock, and there is no wire)."""
+    if db.dialect.name == "postgresql":
+        with db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            yield conn
+    elif write:
+        with writing(db) as conn:
+            yield conn
+    else:
+        with db.connect() as conn:
+            yield conn
+
+
+class _Statements:
+    """A job's statements, built once per dialect with bound parameters: per job, SQLAlchemy
+    only looks the compiled form up (no statement to build, no cache key to compute)."""
+
+    def __init__(self, insert_: Callable[..., Any]) -> None:
+        key = and_(j.event_id == bindparam("p_event_id"), j.effect == bindparam("p_effect"))
+        now = bindparam("p_now", type_=j.started_at.type)
+        upsert = insert_(tb.jobs).values(
+            event_id=bindparam("p_event_id"),
+            effect=bindparam("p_effect"),
+            case_id=bindparam("p_case_id"),
+            event_type=bindparam("p_event_type"),
+            status="running",
+            attempts=1,
+            started_at=now,
+        )
+        # Counts an attempt of an unfinished job; a done or dead job is left alone (no row back).
+        self.start = upsert.on_conflict_do_update(
+            index_elements=[j.event_id, j.effect],
+            set_={"attempts": j.attempts + 1, "started_at": upsert.excluded.started_at},
+            where=j.status.not_in(FINISHED),
+        ).returning(j.status, j.attempts)
+        self.status = select(j.status, j.attempts).where(key)
+        d = tb.deliveries.c
+        self.delivered = select(d.channel).where(
+            d.event_id == bindparam("p_event_id"), d.effect == bindparam("p_effect")
+        )
+        # A send recorded once: a concurrent run of the same job that recorded it first wins.
+        self.record = (
+            insert_(tb.deliveries)
+            .values(
+                event_id=bindparam("p_event_id"),
+                effect=bindparam("p_effect"),
+                channel=bindparam("p_channel"),
+                delivered_at=bindparam("p_now", type_=d.delivered_at.type),
+            )
+            .on_conflict_do_nothing()
+        )
+        self.finish = (
+            update(tb.jobs)
+            .where(key)
+            .values(
+                status=bindparam("p_status"),
+                last_error=bindparam("p_error"),
+                finished_at=bindparam("p_now", type_=j.finished_at.type),
+            )
+        )
+        # PostgreSQL: the last delivery's record and the job's end in one statement.
+        self.record_and_finish = self.finish.add_cte(self.record.cte("recorded"))
+        cs, ts = tb.cases.c, tb.tasks.c
+        self.task = {
+            side: insert(tb.tasks).from_select(
+                ["id", "case_id", "kind", "status", "office", "due_on", "source_event_id", "created_at"],
+                select(
+                    bindparam("p_task_id", type_=ts.id.type),
+                    cs.id,
+                    bindparam("p_kind", type_=ts.kind.type),
+                    literal("open", ts.status.type),
+                    cs.destination_office if side == DESTINATION else cs.origin_office,
+                    bindparam("p_due_on", type_=ts.due_on.type),
+                    bindparam("p_event_id", type_=ts.source_event_id.type),
+                    bindparam("p_now", type_=ts.created_at.type),
+                ).where(cs.id == bindparam("p_case_id")),
+            )
+            for side in (DESTINATION, "origin")
+        }
+
+
+_STATEMENTS = {"postgresql": _Statements(pg_insert), "sqlite": _Statements(sqlite_insert)}
+
+
+def _params(job: Job, now: datetime, **more: Any) -> dict[str, Any]:
+    return {
+        "p_event_id": job.event_id,
+        "p_effect": job.effect,
+        "p_case_id": job.case_id,
+        "p_event_type": job.event_type,
+        "p_now": now,
+        **{f"p_{name}": value for name, value in more.items()},
+    }
+
+
 class SqlJobStore:
+    """One instance per job run (``EffectRunner`` builds one each time), so it may remember
+    what ``start`` learnt about the job.
+
+    Round trips are what a job costs: statements that stand alone run in autocommit on
+    PostgreSQL (no BEGIN/COMMIT around them). The task of a ``create_task`` job and the job's
+    ``done`` are one explicit transaction, committed by the worker: if the worker dies while
+    the INSERT waits for a lock, the server rolls it back instead of finishing it alone."""
+
     def __init__(self, db: Engine) -> None:
         self._db = db
+        self._sql = _STATEMENTS[db.dialect.name]
+        # Jobs whose row this store inserted: no earlier attempt, so nothing delivered yet.
+        self._fresh: set[tuple[str, str]] = set()
 
     def start(self, job: Job, now: datetime) -> tuple[str, int]:
-        with writing(self._db) as conn:
-            row = conn.execute(select(j.status, j.attempts).where(_key(job)).with_for_update()).first()
-            if row is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(
-                            insert(tb.jobs),
-                            {
-                                "event_id": job.event_id,
-                                "effect": job.effect,
-                                "case_id": job.case_id,
-                                "event_type": job.event_type,
-                                "status": "running",
-                                "attempts": 1,
-                                "started_at": now,
-                            },
-                        )
-                    return "running", 1
-                except IntegrityError:  # another delivery of the same job got there first
-                    row = conn.execute(select(j.status, j.attempts).where(_key(job))).one()
-            if row.status in ("done", "dead"):
-                return row.status, row.attempts
-            conn.execute(update(tb.jobs).where(_key(job)).values(attempts=j.attempts + 1, started_at=now))
-            return row.status, row.attempts + 1
+        """One statement: inserts the job, or counts another attempt of an unfinished one."""
+        key, params = (job.event_id, job.effect), _params(job, now)
+        with autocommit(self._db) as conn:
+            for _ in range(3):
+                counted = conn.execute(self._sql.start, params).first()
+                if counted is not None:
+                    # Only the INSERT gives ("running", 1): an attempt counted on an existing row
+                    # is its second at least, or keeps a replay's "pending" (attempts reset to 0).
+                    if (counted.status, counted.attempts) == ("running", 1):
+                        self._fresh.add(key)
+                    else:
+                        self._fresh.discard(key)
+                    return counted.status, counted.attempts
+                # The row is finished: a redelivery or a replay of a done (or dead) job.
+                found = conn.execute(self._sql.status, params).first()
+                if found is not None and found.status in FINISHED:
+                    self._fresh.discard(key)
+                    return found.status, found.attempts
+                # Reopened by a replay between the two statements: count the attempt after all.
+        raise RuntimeError(f"job {job.event_id}/{job.effect} keeps changing under start()")
 
     def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
+        """The task and the job's ``done`` in one transaction (BEGIN, 2 statements, COMMIT)."""
+        due = (now + timedelta(days=effect.due_in_days)).date() if effect.due_in_days else None
+        params = _params(job, now, task_id=str(uuid.uuid4()), kind=effect.subject, due_on=due)
         with writing(self._db) as conn:
-            case = conn.execute(
-                select(tb.cases.c.origin_office, tb.cases.c.destination_office).where(
-                    tb.cases.c.id == job.case_id
-                )
-            ).one()
-            office = case.destination_office if effect.side == DESTINATION else case.origin_office
-            due = (now + timedelta(days=effect.due_in_days)).date() if effect.due_in_days else None
-            conn.execute(
-                insert(tb.tasks),
-                {
-                    "id": str(uuid.uuid4()),
-                    "case_id": job.case_id,
-                    "kind": effect.subject,
-                    "status": "open",
-                    "office": office,
-                    "due_on": due,
-                    "source_event_id": job.event_id,
-                    "created_at": now,
-                },
+            inserted = conn.execute(
+                self._sql.task[DESTINATION if effect.side == DESTINATION else "origin"],
+                params,
+                execution_options={"preserve_rowcount": True},
             )
-            self._finish(conn, job, "done", None, now)
+            if inserted.rowcount != 1:
+                raise LookupError(f"case {job.case_id} not found for task {effect.subject}")
+            conn.execute(self._sql.finish, {**params, "p_status": "done", "p_error": None})
 
     def delivered(self, job: Job) -> frozenset[str]:
-        d = tb.deliveries.c
-        with self._db.connect() as conn:
-            query = select(d.channel).where(d.event_id == job.event_id, d.effect == job.effect)
-            return frozenset(conn.scalars(query))
+        if (job.event_id, job.effect) in self._fresh:
+            return frozenset()  # its first attempt: no query needed
+        with autocommit(self._db, write=False) as conn:
+            return frozenset(conn.scalars(self._sql.delivered, _params(job, datetime.min)))
 
     def record_delivery(self, job: Job, channel: str, now: datetime) -> None:
-        with writing(self._db) as conn:
-            conn.execute(
-                insert(tb.deliveries),
-                {"event_id": job.event_id, "effect": job.effect, "channel": channel, "delivered_at": now},
-            )
+        with autocommit(self._db) as conn:
+            conn.execute(self._sql.record, _params(job, now, channel=channel))
 
-    def finish(self, job: Job, status: str, error: str | None, now: datetime) -> None:
-        with writing(self._db) as conn:
-            self._finish(conn, job, status, error, now)
+    def finish(
+        self, job: Job, status: str, error: str | None, now: datetime, delivered: str | None = None
+    ) -> None:
+        """Marks the job finished; ``delivered`` names a channel whose send is recorded with it,
+        in the same statement (PostgreSQL) or transaction (SQLite)."""
+        params = _params(job, now, status=status, error=error, channel=delivered)
+        if delivered is None:
+            with autocommit(self._db) as conn:
+                conn.execute(self._sql.finish, params)
+        elif self._db.dialect.name == "postgresql":
+            with autocommit(self._db) as conn:
+                conn.execute(self._sql.record_and_finish, params)
+        else:
+            with writing(self._db) as conn:
+                conn.execute(self._sql.record, params)
+                conn.execute(self._sql.finish, params)
 
     def dead_letter(self, job: Job, error: str, now: datetime) -> None:
         with writing(self._db) as conn:
@@ -135,12 +246,6 @@ class SqlJobStore:
                     "dead_at": now,
                 },
             )
-
-    @staticmethod
-    def _finish(conn: Connection, job: Job, status: str, error: str | None, now: datetime) -> None:
-        conn.execute(
-            update(tb.jobs).where(_key(job)).values(status=status, last_error=error, finished_at=now)
-        )
 
 
 @dataclass(frozen=True, slots=True)

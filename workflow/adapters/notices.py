@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Select, bindparam, case, func, select
 
 from workflow.adapters import tables as tb
+from workflow.adapters.jobs import autocommit
 from workflow.domain.lifecycle import DESTINATION
 from workflow.service_layer.documents import ACCEPTED, DECISION, PACKAGE, REFUSED
 from workflow.service_layer.effects import Facts, Job
@@ -17,7 +18,7 @@ from workflow.service_layer.notifications import EMAIL, FALLBACK_LANGUAGE, LANGU
 OFFICE_LANGUAGE = {"EE": "et", "UA": "uk"}
 HANDOVER_PACKAGE = PACKAGE
 
-c, m, o, t = tb.cases.c, tb.household_members.c, tb.offices.c, tb.timers.c
+c, m, t = tb.cases.c, tb.household_members.c, tb.timers.c
 _CASE = select(
     c.id,
     c.language,
@@ -28,8 +29,6 @@ _CASE = select(
     c.arrived_on,
 )
 _MEMBERS = select(m.id, m.full_name, m.date_of_birth, m.relationship, m.phone, m.email, m.position)
-_OFFICES = select(o.code, o.name, o.country, o.email, o.webhook_url)
-_TIMERS = select(t.name, t.due_at).where(t.status == "pending").order_by(t.due_at)
 
 
 def case_ref(case_id: str) -> str:
@@ -37,50 +36,95 @@ def case_ref(case_id: str) -> str:
     return f"C-{case_id[:8].upper()}"
 
 
+def _facts_query() -> Select[Any]:
+    """The case, both offices, the principal's contacts, the travellers and the timers' dates:
+    one statement, so a job reads its facts in one round trip and one snapshot."""
+    origin, destination = tb.offices.alias("origin"), tb.offices.alias("destination")
+    principal = tb.household_members.alias("principal")
+    first = (
+        select(m.id)
+        .where(m.case_id == c.id)
+        .order_by(case((m.relationship == "principal", 0), else_=1), m.position)
+        .limit(1)
+        .scalar_subquery()
+    )
+    # Per timer name its latest pending due date (as a dict by name kept the last of each),
+    # then the earliest of those.
+    latest = (
+        select(func.max(t.due_at).label("due_at"))
+        .where(t.case_id == c.id, t.status == "pending")
+        .group_by(t.name)
+        .correlate(tb.cases)
+        .subquery()
+    )
+    return (
+        select(
+            c.id,
+            c.language,
+            c.departure_on,
+            c.route,
+            c.arrived_on,
+            c.origin_office,
+            c.destination_office,
+            *(col.label(f"origin_{col.name}") for col in origin.c),
+            *(col.label(f"destination_{col.name}") for col in destination.c),
+            principal.c.phone.label("principal_phone"),
+            principal.c.email.label("principal_email"),
+            select(func.count()).where(m.case_id == c.id).scalar_subquery().label("travellers"),
+            select(func.min(latest.c.due_at)).scalar_subquery().label("due_on"),
+            select(func.max(t.due_at))
+            .where(t.case_id == c.id, t.status == "pending", t.name == "returnee_contact")
+            .scalar_subquery()
+            .label("contact_by"),
+        )
+        .select_from(tb.cases)
+        .join(origin, origin.c.code == c.origin_office)
+        .join(destination, destination.c.code == c.destination_office)
+        .outerjoin(principal, principal.c.id == first)
+        .where(c.id == bindparam("case_id"))
+    )
+
+
+_FACTS = _facts_query()
+
+
 class SqlFacts:
     def __init__(self, db: Engine) -> None:
         self._db = db
 
     def facts(self, job: Job, side: str) -> Facts:
-        with self._db.connect() as conn:
-            case = conn.execute(_CASE.where(c.id == job.case_id)).one()
-            members = conn.execute(_MEMBERS.where(m.case_id == job.case_id).order_by(m.position)).all()
-            offices = {
-                row.code: row
-                for row in conn.execute(
-                    _OFFICES.where(o.code.in_([case.origin_office, case.destination_office]))
-                )
-            }
-            timers = {row.name: row.due_at for row in conn.execute(_TIMERS.where(t.case_id == job.case_id))}
+        with autocommit(self._db, write=False) as conn:
+            row = conn.execute(_FACTS, {"case_id": job.case_id}).one()
             grant = self._grant(conn, job) if job.event_type == "GrantDisbursed" else {}
-        principal = next(
-            (p for p in members if p.relationship == "principal"), members[0] if members else None
+        contacts = {
+            channel: address
+            for channel, address in ((SMS, row.principal_phone), (EMAIL, row.principal_email))
+            if address
+        }
+        prefix = "destination" if side == DESTINATION else "origin"
+        office_country, office_email, office_webhook = (
+            getattr(row, f"{prefix}_{name}") for name in ("country", "email", "webhook_url")
         )
-        contacts = {}
-        if principal is not None:
-            contacts = {channel: a for channel, a in ((SMS, principal.phone), (EMAIL, principal.email)) if a}
-        office = offices[case.destination_office if side == DESTINATION else case.origin_office]
-        destination, origin = offices[case.destination_office], offices[case.origin_office]
         values: dict[str, object] = {
-            "case_ref": case_ref(case.id),
-            "due_on": _date(min(timers.values(), default=None)),
-            "departure_on": case.departure_on or "",
-            "arrival_on": case.arrived_on or case.departure_on or "",
-            "route": case.route or "",
-            "travellers": len(members),
-            "office_name": destination.name,
-            "office_contact": destination.email or "",
-            "contact_by": _date(timers.get("returnee_contact")),
-            "destination_office": destination.name,
-            "origin_office": origin.name,
+            "case_ref": case_ref(row.id),
+            "due_on": _date(row.due_on),
+            "departure_on": row.departure_on or "",
+            "arrival_on": row.arrived_on or row.departure_on or "",
+            "route": row.route or "",
+            "travellers": row.travellers,
+            "office_name": row.destination_name,
+            "office_contact": row.destination_email or "",
+            "contact_by": _date(row.contact_by),
+            "destination_office": row.destination_name,
+            "origin_office": row.origin_name,
             **grant,
         }
         return Facts(
-            family_language=case.language if case.language in LANGUAGES else FALLBACK_LANGUAGE,
+            family_language=row.language if row.language in LANGUAGES else FALLBACK_LANGUAGE,
             family_contacts=contacts,
-            office_language=OFFICE_LANGUAGE.get(office.country, FALLBACK_LANGUAGE),
-            office_email=office.email,
-            office_webhook=office.webhook_url,
+            office_language=OFFICE_LANGUAGE.get(office_country, FALLBACK_LANGUAGE),
+            office_email=office_email,
+            office_webhook=office_webhook,
             values=values,
         )
 

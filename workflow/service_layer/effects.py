@@ -79,7 +79,11 @@ class JobStore(Protocol):
 
     def record_delivery(self, job: Job, channel: str, now: datetime) -> None: ...
 
-    def finish(self, job: Job, status: str, error: str | None, now: datetime) -> None: ...
+    def finish(
+        self, job: Job, status: str, error: str | None, now: datetime, delivered: str | None = None
+    ) -> None:
+        """Marks the job finished; ``delivered`` is a channel whose send is recorded with it."""
+        ...
 
     def dead_letter(self, job: Job, error: str, now: datetime) -> None:
         """Marks the job dead and files it with its error and attempts, in one transaction."""
@@ -130,12 +134,13 @@ class EffectRunner:
         if effect.kind == CREATE_TASK:
             store.create_task_once(job, effect, self._clock.now())
         else:
-            self._send(store, job, effect)
-            store.finish(job, "done", None, self._clock.now())
+            last = self._send(store, job, effect)
+            store.finish(job, "done", None, self._clock.now(), delivered=last)
         log.info("job.done", event_id=job.event_id, case_id=job.case_id, effect=job.effect, attempts=attempts)
         return "done"
 
-    def _send(self, store: JobStore, job: Job, effect: Effect) -> None:
+    def _send(self, store: JobStore, job: Job, effect: Effect) -> str | None:
+        """Sends on each channel not done yet; returns the last channel sent, not yet recorded."""
         if self._facts is None or self._renderer is None:
             raise UnknownEffect(effect.kind)
         facts = self._facts.facts(job, effect.side)
@@ -146,12 +151,10 @@ class EffectRunner:
             template, language = f"office.{effect.subject}", facts.office_language
             targets = {EMAIL: facts.office_email} if facts.office_email else {}
         elif effect.kind == DELIVER_ACK:
-            self._deliver_decision(store, job, facts.office_webhook)
-            return
+            return self._deliver_decision(store, job, facts.office_webhook)
         elif effect.kind == DELIVER_HANDOVER:
             if facts.office_webhook:
-                self._deliver_handover(store, job, facts.office_webhook)
-                return
+                return self._deliver_handover(store, job, facts.office_webhook)
             # The destination office is in this deployment: it sees the case already; tell it.
             template, language = "office.handover_received", facts.office_language
             targets = {EMAIL: facts.office_email} if facts.office_email else {}
@@ -161,10 +164,10 @@ class EffectRunner:
             raise UnknownEffect(effect.kind)
         if not targets:
             log.warning("notification.no_recipient", case_id=job.case_id, effect=job.effect)
-            return
+            return None
         context = {key: facts.values.get(key, "") for key in self._renderer.keys(template)}
         subject, body = self._renderer.render(template, language, context)
-        self._send_each(store, job, targets.items(), subject, body, language)
+        return self._send_each(store, job, targets.items(), subject, body, language)
 
     def _send_each(
         self,
@@ -174,31 +177,38 @@ class EffectRunner:
         subject: str,
         body: str,
         language: str,
-    ) -> None:
+    ) -> str | None:
+        """Each send is recorded before the next one starts; the last is left for the caller to
+        record with the job's ``done`` (one round trip less)."""
         done = store.delivered(job)
+        unrecorded: str | None = None
         for channel_name, address in targets:
             if channel_name in done:
                 continue  # sent by an earlier attempt of this job
             channel = self._channels.get(channel_name)
             if channel is None:
                 raise PermanentDeliveryError(f"no {channel_name} channel configured")
+            if unrecorded is not None:
+                store.record_delivery(job, unrecorded, self._clock.now())
+                unrecorded = None
             key = idempotency_key(job.event_id, job.effect)
             channel.send(Message(address, channel_name, subject, body, language, key))
-            store.record_delivery(job, channel_name, self._clock.now())
+            unrecorded = channel_name
             log.info("notification.delivered", case_id=job.case_id, effect=job.effect, channel=channel_name)
+        return unrecorded
 
-    def _deliver_handover(self, store: JobStore, job: Job, url: str) -> None:
+    def _deliver_handover(self, store: JobStore, job: Job, url: str) -> str | None:
         assert self._facts is not None
         body = json.dumps(self._facts.handover_package(job), sort_keys=True, default=str)
-        self._send_each(store, job, [(WEBHOOK, url)], HANDOVER_EVENT, body, "en")
+        return self._send_each(store, job, [(WEBHOOK, url)], HANDOVER_EVENT, body, "en")
 
-    def _deliver_decision(self, store: JobStore, job: Job, url: str | None) -> None:
+    def _deliver_decision(self, store: JobStore, job: Job, url: str | None) -> str | None:
         """To an origin office in another deployment; in this one the case itself shows it."""
         if not url:
-            return
+            return None
         assert self._facts is not None
         body = json.dumps(self._facts.handover_decision(job), sort_keys=True, default=str)
-        self._send_each(store, job, [(WEBHOOK, url)], job.event_type, body, "en")
+        return self._send_each(store, job, [(WEBHOOK, url)], job.event_type, body, "en")
 
 
 RUNNABLE_KINDS = frozenset({CREATE_TASK, NOTIFY_FAMILY, NOTIFY_OFFICE, DELIVER_HANDOVER, DELIVER_ACK})
