@@ -18,6 +18,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from tests import servers
 from tests.servers import Inbox, Receiver, free_port, http_receiver
 from tests.support import FixedClock
+from workflow.adapters.channels import smtp as smtp_module
 from workflow.adapters.channels.sms import FileSinkSms, HttpSmsGateway
 from workflow.adapters.channels.smtp import SmtpChannel, message_id
 from workflow.adapters.channels.webhook import (
@@ -150,6 +151,110 @@ def test_login_uses_the_credentials_and_a_wrong_password_is_permanent() -> None:
             )
     finally:
         controller.stop()
+
+
+class Sessions(Inbox):
+    """An inbox that also notes which client connection (its peer address) each message came on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers: list[Any] = []
+        self.mail_reply: str | None = None  # answered to the next MAIL FROM, once
+
+    async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if self.mail_reply:
+            reply, self.mail_reply = self.mail_reply, None
+            return reply
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.peers.append(session.peer)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.fixture
+def sessions() -> Iterator[tuple[Controller, Sessions]]:
+    inbox = Sessions()
+    # The server drops a client idle for 0.5 s, as real servers do after a minute or more.
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), timeout=0.5)
+    controller.start()
+    try:
+        yield controller, inbox
+    finally:
+        controller.stop()
+
+
+def test_messages_share_one_connection_until_it_has_carried_its_share(
+    sessions: tuple[Controller, Sessions], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    controller, inbox = sessions
+    monkeypatch.setattr(smtp_module, "MESSAGES_PER_CONNECTION", 3)
+    channel = SmtpChannel("127.0.0.1", controller.port, FROM, timeout=5)
+    for n in range(5):
+        channel.send(message(EMAIL, "family@example.org", key=f"evt-{n}/x"))
+    channel.close()
+    assert len(inbox.envelopes) == 5
+    first, second = inbox.peers[0], inbox.peers[3]
+    assert inbox.peers == [first] * 3 + [second] * 2 and first != second
+
+
+def test_a_connection_the_server_dropped_is_replaced_and_the_message_goes_once(
+    sessions: tuple[Controller, Sessions],
+) -> None:
+    controller, inbox = sessions
+    channel = SmtpChannel("127.0.0.1", controller.port, FROM, timeout=5)
+    channel.send(message(EMAIL, "family@example.org", key="evt-1/x"))
+    time.sleep(1.0)  # the server has timed the idle session out and closed it
+    channel.send(message(EMAIL, "family@example.org", key="evt-2/x"))
+    assert [m["Message-ID"] for m in inbox.received()] == [
+        message_id("evt-1/x", FROM),
+        message_id("evt-2/x", FROM),
+    ]
+    assert inbox.peers[0] != inbox.peers[1]
+
+
+def test_a_kept_connection_answered_421_is_replaced_but_a_new_one_answered_421_is_transient(
+    sessions: tuple[Controller, Sessions],
+) -> None:
+    controller, inbox = sessions
+    channel = SmtpChannel("127.0.0.1", controller.port, FROM, timeout=5)
+    channel.send(message(EMAIL, "family@example.org", key="evt-1/x"))
+    inbox.mail_reply = "421 4.4.2 timeout exceeded"  # what Postfix says to a session it times out
+    channel.send(message(EMAIL, "family@example.org", key="evt-2/x"))
+    assert len(inbox.envelopes) == 2 and inbox.peers[0] != inbox.peers[1]
+
+    fresh = SmtpChannel("127.0.0.1", controller.port, FROM, timeout=5)
+    inbox.mail_reply = "421 4.3.2 shutting down"
+    with pytest.raises(TransientDeliveryError):
+        fresh.send(message(EMAIL, "family@example.org", key="evt-3/x"))
+    assert len(inbox.envelopes) == 2
+
+
+def test_after_a_refused_recipient_the_connection_carries_the_next_message(
+    sessions: tuple[Controller, Sessions],
+) -> None:
+    controller, inbox = sessions
+    channel = SmtpChannel("127.0.0.1", controller.port, FROM, timeout=5)
+    inbox.rcpt_reply = "450 4.2.1 Mailbox busy"
+    with pytest.raises(TransientDeliveryError):
+        channel.send(message(EMAIL, "family@example.org", key="evt-1/x"))
+    inbox.rcpt_reply = None
+    channel.send(message(EMAIL, "family@example.org", key="evt-1/x"))
+    channel.send(message(EMAIL, "family@example.org", key="evt-2/x"))
+    assert len(inbox.envelopes) == 2 and inbox.peers[0] == inbox.peers[1]
+
+
+def test_a_server_gone_for_good_is_transient_on_a_kept_connection_too() -> None:
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    channel = SmtpChannel("127.0.0.1", controller.port, FROM, timeout=2)
+    channel.send(message(EMAIL, "family@example.org", key="evt-1/x"))
+    controller.stop()
+    with pytest.raises(TransientDeliveryError):
+        channel.send(message(EMAIL, "family@example.org", key="evt-2/x"))
+    assert len(inbox.envelopes) == 1
 
 
 # --- the SMS file sink, shared by processes ----------------------------------------------------
