@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import structlog
 from celery import Celery
+from kombu.exceptions import BatchPublishError
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError as DatabaseError
@@ -24,11 +25,20 @@ CHANNEL = "avrr_outbox"
 DEFAULT_HEARTBEAT = Path("var/relay.heartbeat")
 
 
+# Messages buffered before kombu sends them (one Redis pipeline: one round trip per flush).
+PUBLISH_BATCH = 500
+
+
 def celery_publisher(app: Celery) -> Callable[[Sequence[OutboxMessage]], None]:
-    """One message per runnable effect of each event, on one producer connection per batch."""
+    """One message per runnable effect of each event, on one producer connection per batch,
+    sent together in a Redis pipeline when the batch is complete (kombu's Producer.batch).
+
+    A failed pipeline raises (kombu's BatchPublishError: some of it may have gone out); the
+    relay's transaction rolls back and the rows go out again later, and the jobs inbox makes a
+    second copy of a message do nothing."""
 
     def publish(batch: Sequence[OutboxMessage]) -> None:
-        with app.producer_or_acquire() as producer:
+        with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
             for m in batch:
                 for effect in runnable_effects(m.event_type):
                     send_job(app, Job(m.event_id, m.event_type, m.case_id, effect.name), producer)
@@ -53,6 +63,10 @@ class Waker:
             return
         for _ in self._conn.notifies(timeout=self._interval, stop_after=1):
             pass
+        # Every commit to the outbox notifies: those already here are answered by the one
+        # round that follows, not by a round each.
+        for _ in self._conn.notifies(timeout=0):
+            pass
 
 
 def run(
@@ -74,13 +88,13 @@ def run(
         try:
             moved = relay.relay_once()
             backoff = interval
-        except (BrokerError, DatabaseError) as exc:
+        except (BrokerError, BatchPublishError, DatabaseError) as exc:
             # Rows stay unsent; they go out when the broker (or database) is back.
             log.warning("relay.unavailable", error=type(exc).__name__, retry_in=backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, 30.0)
             continue
-        if not moved:
+        if moved < relay.batch_size:  # a full batch may have more behind it: go on at once
             waker.wait()
 
 

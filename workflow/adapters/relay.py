@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Engine, bindparam, func, or_, select, update
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
@@ -30,43 +31,81 @@ _UNSENT = select(o.id, o.event_id, o.event_type, o.case_id, o.case_version).wher
 _MARK_SENT = update(tb.outbox).where(o.id.in_(bindparam("ids", expanding=True)))
 
 
+def _claim_and_mark(batch_size: int) -> Any:
+    """PostgreSQL: one statement claims up to ``batch_size`` unsent rows (SKIP LOCKED: rows
+    another relay holds are passed over), keeps for each case only the rows before the first
+    unsent row of that case it did not claim (another relay's, so no case's later event goes
+    out ahead of an earlier one), and stamps those ``sent_at``. The stamp commits only with
+    the transaction, after the publish: a failed publish rolls it back."""
+    claimed = (
+        select(o.id, o.case_id)
+        .where(o.sent_at.is_(None))
+        .order_by(o.id)
+        .limit(batch_size)
+        .with_for_update(skip_locked=True)
+        .cte("claimed")
+        .prefix_with("MATERIALIZED")
+    )
+    u = tb.outbox.alias("u")
+    held_elsewhere = (
+        select(u.c.case_id, func.min(u.c.id).label("first_id"))
+        .where(
+            u.c.sent_at.is_(None),
+            u.c.case_id.in_(select(claimed.c.case_id)),
+            u.c.id.not_in(select(claimed.c.id)),
+        )
+        .group_by(u.c.case_id)
+        .cte("held_elsewhere")
+    )
+    ready = (
+        select(claimed.c.id)
+        .select_from(claimed.outerjoin(held_elsewhere, held_elsewhere.c.case_id == claimed.c.case_id))
+        .where(or_(held_elsewhere.c.first_id.is_(None), claimed.c.id < held_elsewhere.c.first_id))
+    )
+    return (
+        update(tb.outbox)
+        .where(o.id.in_(ready))
+        .values(sent_at=bindparam("now", type_=o.sent_at.type), attempts=o.attempts + 1)
+        .returning(o.id, o.event_id, o.event_type, o.case_id, o.case_version)
+    )
+
+
 class OutboxRelay:
     def __init__(self, db: Engine, publish: Publish, batch_size: int = 500) -> None:
-        self._db, self._publish, self._batch_size = db, publish, batch_size
+        self._db, self._publish, self.batch_size = db, publish, batch_size
         # SKIP LOCKED lets relays share the table; SQLite has one writer, so one relay.
+        self._postgres = db.dialect.name == "postgresql"
         self._claim = _UNSENT.order_by(o.id).limit(batch_size)
-        if db.dialect.name == "postgresql":
-            self._claim = self._claim.with_for_update(skip_locked=True)
+        self._claim_and_mark = _claim_and_mark(batch_size)
 
     def relay_once(self) -> int:
         """Publishes one batch and marks it sent in the same transaction; a failed publish
-        rolls back and the rows wait for the next round."""
+        rolls back and the rows wait for the next round.
+
+        On PostgreSQL the rows are claimed and stamped in one statement before the publish
+        (BEGIN, that statement, COMMIT: three round trips a round), so ``sent_at`` is the
+        moment the batch was claimed, a publish's duration before its commit."""
         with writing(self._db) as conn:
-            rows = [OutboxMessage(*row) for row in conn.execute(self._claim)]
-            batch = _first_unsent_per_case(conn, rows)
-            if not batch:
-                return 0
-            self._publish(batch)
-            conn.execute(
-                _MARK_SENT.values(sent_at=datetime.now(UTC), attempts=o.attempts + 1),
-                {"ids": [m.id for m in batch]},
-            )
+            if self._postgres:
+                batch = sorted(
+                    (OutboxMessage(*row) for row in conn.execute(self._claim_and_mark, {"now": _now()})),
+                    key=lambda m: m.id,
+                )
+                if not batch:
+                    return 0
+                self._publish(batch)
+            else:
+                batch = [OutboxMessage(*row) for row in conn.execute(self._claim)]
+                if not batch:
+                    return 0
+                self._publish(batch)
+                conn.execute(
+                    _MARK_SENT.values(sent_at=_now(), attempts=o.attempts + 1),
+                    {"ids": [m.id for m in batch]},
+                )
         log.debug("outbox.relayed", count=len(batch))
         return len(batch)
 
 
-def _first_unsent_per_case(conn: Connection, rows: list[OutboxMessage]) -> list[OutboxMessage]:
-    """Keeps, for each case, only the rows before the first unsent row another relay holds,
-    so no relay publishes a case's later event ahead of an earlier one."""
-    if not rows or conn.dialect.name != "postgresql":
-        return rows
-    cases = sorted({m.case_id for m in rows})
-    unsent = conn.execute(
-        select(o.case_id, o.id).where(o.sent_at.is_(None), o.case_id.in_(cases)).order_by(o.id)
-    )
-    mine = {m.id for m in rows}
-    blocked_from: dict[str, int] = {}
-    for case_id, row_id in unsent:
-        if row_id not in mine and case_id not in blocked_from:
-            blocked_from[case_id] = row_id
-    return [m for m in rows if m.id < blocked_from.get(m.case_id, m.id + 1)]
+def _now() -> datetime:
+    return datetime.now(UTC)
