@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import func, insert, select, update
 
 from config.celery import MAX_ATTEMPTS, celery_config
 from tests.conftest import REQUIRE_SERVICES
+from tests.integration.processes import RedisServer
 from tests.servers import Inbox, Receiver, http_receiver, smtp_server
 from tests.support import advance_to
 from workers import relay
@@ -33,7 +34,6 @@ from workflow.domain.errors import GuardFailed
 from workflow.service_layer.effects import runnable_effects
 
 pytestmark = pytest.mark.postgres
-REDIS_URL = os.environ.get("AVRR_TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/10"
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "handover-secret-shared-between-tallinn-and-kyiv"
 OFFICE_EMAIL = {"tallinn": "tallinn-office@avrr.example.org", "kyiv": "kyiv-office@avrr.example.org"}
@@ -71,11 +71,18 @@ def wait_for(condition: Callable[[], bool], timeout: float = 90.0, what: str = "
 
 
 @pytest.fixture
-def pipeline(pg_app: App, pg_url: str, tmp_path: Path) -> Iterator[Pipeline]:
-    try:
-        redis.Redis.from_url(REDIS_URL).flushdb()
-    except redis.ConnectionError as exc:
-        (pytest.fail if REQUIRE_SERVICES else pytest.skip)(f"Redis at {REDIS_URL} unreachable: {exc}")
+def broker(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own: a shared database number would let another run's
+    workers take this run's messages (and this run's workers theirs)."""
+    if shutil.which("redis-server") is None:
+        (pytest.fail if REQUIRE_SERVICES else pytest.skip)("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server.url()
+    server.stop()
+
+
+@pytest.fixture
+def pipeline(pg_app: App, pg_url: str, broker: str, tmp_path: Path) -> Iterator[Pipeline]:
     with pg_app.db.begin() as conn:
         for code, address in OFFICE_EMAIL.items():
             conn.execute(update(tb.offices).where(tb.offices.c.code == code).values(email=address))
@@ -89,7 +96,7 @@ def pipeline(pg_app: App, pg_url: str, tmp_path: Path) -> Iterator[Pipeline]:
             "AVRR_ENVIRONMENT": "test",
             "AVRR_SECRET_KEY": "test-secret-key-of-at-least-32-characters",
             "AVRR_DATABASE_URL": pg_url,
-            "AVRR_BROKER_URL": REDIS_URL,
+            "AVRR_BROKER_URL": broker,
             "AVRR_SMTP_HOST": "127.0.0.1",
             "AVRR_SMTP_PORT": str(smtp.port),
             "AVRR_SMS_SINK": str(sink),
@@ -105,7 +112,7 @@ def pipeline(pg_app: App, pg_url: str, tmp_path: Path) -> Iterator[Pipeline]:
             stderr=subprocess.STDOUT,
         )
         celery = Celery("avrr-test-relay")
-        celery.conf.update(celery_config(REDIS_URL))
+        celery.conf.update(celery_config(broker))
         stop = threading.Event()
         thread = threading.Thread(target=relay.run, args=(pg_app.db, celery, stop, 0.2), daemon=True)
         thread.start()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import shutil
 import subprocess
 import threading
 import time
@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from celery import Celery
 from sqlalchemy import func, select
 
 from config.celery import celery_config
 from tests.conftest import REQUIRE_SERVICES
-from tests.integration.processes import start_worker, stop, wait_for
+from tests.integration.processes import RedisServer, start_worker, stop, wait_for
 from tests.servers import smtp_server
 from tests.support import advance_to
 from workers import relay
@@ -29,16 +28,17 @@ from workflow.domain.lifecycle import LIFECYCLE
 from workflow.service_layer.effects import EffectRunner, Job, runnable_effects
 
 pytestmark = pytest.mark.postgres
-REDIS_URL = os.environ.get("AVRR_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 
 @pytest.fixture
-def broker() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL).flushdb()
-    except redis.ConnectionError as exc:
-        (pytest.fail if REQUIRE_SERVICES else pytest.skip)(f"Redis at {REDIS_URL} unreachable: {exc}")
-    return REDIS_URL
+def broker(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own: a shared database number would let another run's
+    workers take this run's messages (and this run's workers theirs)."""
+    if shutil.which("redis-server") is None:
+        (pytest.fail if REQUIRE_SERVICES else pytest.skip)("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server.url()
+    server.stop()
 
 
 @pytest.fixture
