@@ -87,6 +87,14 @@ def test_each_role_by_each_trigger_by_office_gets_what_the_lifecycle_says(
             select(func.count()).select_from(tb.access_log).where(tb.access_log.c.outcome != "ok")
         )
     assert refusals == checked  # every attempt was refused one way or another, and logged
+    with pg_app.db.connect() as conn:
+        log = tb.access_log.c
+        anonymous = conn.scalar(
+            select(func.count()).where(log.outcome != "ok", log.actor_id.is_(None) | log.case_id.is_(None))
+        )
+        actions = set(conn.scalars(select(log.action).distinct()))
+    assert anonymous == 0  # who tried, on which case
+    assert all("{case_id}" in a for a in actions), actions  # route templates, never ids
 
 
 def test_statuses_of_the_matrix_outcomes_are_404_403_and_412(pg_app: App, client: TestClient) -> None:

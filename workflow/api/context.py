@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from config.settings import Settings
 from workflow.adapters.access_log import SqlAccessLog
+from workflow.api.problems import ApiProblem
 from workflow.api.security import Authenticator
 from workflow.bootstrap import App
 from workflow.domain.actors import Actor
@@ -98,14 +99,10 @@ def call(
     client = request.client.host if request.client else "unknown"
     try:
         actor = eng.auth.authenticate(authorization, client)
-    except Exception:
-        eng.access.record(
-            eng.app.clock.now(),
-            f"{request.method} {request.url.path}"[:64],
-            "unauthenticated",
-            request_id=request_id(request),
-        )
+    except ApiProblem as refusal:  # missing or bad credentials, or rate limited
+        eng.access.record(eng.app.clock.now(), action(request), refusal.code, request_id=request_id(request))
         raise
+    request.state.actor = actor  # for the access log of a refusal further on
     structlog.contextvars.bind_contextvars(actor_id=actor.id)
     return Call(actor, request_id(request), eng)
 
