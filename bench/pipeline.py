@@ -68,7 +68,7 @@ from celery import Celery
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from config.celery import celery_config
+from config.celery import WORKER_CONCURRENCY, celery_config
 from config.logging import configure_logging
 from config.settings import Settings
 from workflow.adapters.db import make_engine
@@ -394,9 +394,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:
-    """CPU seconds by role, read from /proc: the workers (main process and pool), the relay, the
-    client processes, this process (the SMTP sink and the probes) and the whole PostgreSQL and
-    Redis servers (other databases' load included); and how busy the machine's CPUs were."""
+    """CPU seconds by role, read from /proc: the workers (main process and pool; the main process
+    alone again as "(of which main)"), the relay, the client processes, this process (the SMTP
+    sink and the probes) and the whole PostgreSQL and Redis servers (other databases' load
+    included); and how busy the machine's CPUs were."""
 
     def __init__(self, worker: Proc, relay: Proc) -> None:
         self.worker, self.relay = worker.popen.pid, relay.popen.pid
@@ -427,6 +428,7 @@ class CpuMeter:
             jiffies = [int(x) for x in f.readline().split()[1:]]
         return {
             "workers": cpu(tree),
+            "(of which main)": cpu([self.worker]),  # the consumer: broker I/O, acks, the pool's pipes
             "relay": cpu([self.relay]),
             "clients": cpu(self.clients),
             "bench+smtp": cpu([os.getpid()]),
@@ -785,7 +787,12 @@ def main() -> None:
     )
     parser.add_argument("--rates", default="50,100,200,300,400", help="transitions/s, comma-separated")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of firing per rate")
-    parser.add_argument("--workers-concurrency", type=int, default=os.cpu_count() or 2)
+    parser.add_argument(
+        "--workers-concurrency",
+        type=int,
+        default=WORKER_CONCURRENCY,
+        help=f"prefork processes (default: config/celery.py's, {WORKER_CONCURRENCY} here)",
+    )
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="mixed")
     parser.add_argument("--clients", type=int, default=4, help="client processes firing transitions")
     parser.add_argument("--cases", type=int, default=20, help="travel_booked cases per client")

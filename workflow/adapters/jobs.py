@@ -65,7 +65,8 @@ class _Statements:
         self.start = upsert.on_conflict_do_update(
             index_elements=[j.event_id, j.effect],
             set_={"attempts": j.attempts + 1, "started_at": upsert.excluded.started_at},
-            where=j.status.not_in(FINISHED),
+            # Two comparisons, not NOT IN (...): an IN list is rendered anew on every execution.
+            where=and_(j.status != FINISHED[0], j.status != FINISHED[1]),
         ).returning(j.status, j.attempts)
         self.status = select(j.status, j.attempts).where(key)
         d = tb.deliveries.c
