@@ -120,6 +120,7 @@ cases = Table(
     Index(None, "destination_office", "state"),
     Index(None, "origin_office", "state"),  # the cases an office handed over
     Index(None, "updated_at"),
+    Index(None, "state", "updated_at"),  # stuck cases: per state, unchanged since before a limit
 )
 
 household_members = Table(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 
 from workflow.domain import guards as g
@@ -32,6 +33,8 @@ class State:
     phase: str
     final: bool = False
     deadlines: tuple[Deadline, ...] = ()
+    # Ops call a case stuck when nothing happened to it for longer than this (final: never).
+    stuck_after: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +127,12 @@ RETURN_GUARDS = (
 )
 
 STATES = (
-    State("inquiry", "inquiry"),
-    State("application_submitted", "return approval"),
-    State("return_approved", "return approval"),
+    State("inquiry", "inquiry", stuck_after=timedelta(days=30)),
+    State("application_submitted", "return approval", stuck_after=timedelta(days=14)),
+    State("return_approved", "return approval", stuck_after=timedelta(days=14)),
     State("rejected", "return approval", final=True),
-    State("awaiting_travel_documents", "travel"),
-    State("travel_documents_ready", "travel"),
+    State("awaiting_travel_documents", "travel", stuck_after=timedelta(days=45)),
+    State("travel_documents_ready", "travel", stuck_after=timedelta(days=30)),
     State(
         "travel_booked",
         "travel",
@@ -137,15 +140,17 @@ STATES = (
         deadlines=(
             Deadline("departure_reminder", "remind_departure", "departure_reminder_offset", "departure_on"),
         ),
+        stuck_after=timedelta(days=60),
     ),
-    State("no_show", "travel"),
-    State("departed", "travel"),
-    State("arrived", "travel"),
+    State("no_show", "travel", stuck_after=timedelta(days=14)),
+    State("departed", "travel", stuck_after=timedelta(days=3)),
+    State("arrived", "travel", stuck_after=timedelta(days=7)),
     State("withdrawn", "travel", final=True),
     State(
         "handover_pending",
         "handover",
         deadlines=(Deadline("handover_acknowledgement", "escalate_handover", "handover_ack_period"),),
+        stuck_after=timedelta(days=7),
     ),
     State(
         "handed_over",
@@ -154,22 +159,25 @@ STATES = (
         deadlines=(
             Deadline("returnee_contact", "escalate_missed_contact", "returnee_contact_period", "arrived_on"),
         ),
+        stuck_after=timedelta(days=100),
     ),
-    State("contact_overdue", "handover"),
+    State("contact_overdue", "handover", stuck_after=timedelta(days=14)),
     State("lapsed", "handover", final=True),
     State(
         "reintegration_counselling",
         "reintegration",
         deadlines=(Deadline("plan_drafting", "escalate_plan_drafting", "plan_drafting_period"),),
+        stuck_after=timedelta(days=35),
     ),
-    State("plan_drafted", "reintegration"),
-    State("plan_submitted", "reintegration"),
-    State("plan_approved", "reintegration"),
-    State("disbursing", "reintegration"),
+    State("plan_drafted", "reintegration", stuck_after=timedelta(days=14)),
+    State("plan_submitted", "reintegration", stuck_after=timedelta(days=14)),
+    State("plan_approved", "reintegration", stuck_after=timedelta(days=30)),
+    State("disbursing", "reintegration", stuck_after=timedelta(days=60)),
     State(
         "monitoring",
         "monitoring",
         deadlines=(Deadline("monitoring_visit", "escalate_monitoring", "monitoring_interval"),),
+        stuck_after=timedelta(days=120),
     ),
     State("closed", "monitoring", final=True),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache
 from typing import Annotated
 
@@ -44,6 +45,7 @@ class StateDoc:
     phase: str
     final: bool
     deadlines: list[DeadlineDoc]
+    stuck_after_days: float | None  # ops call a case stuck after this long without a transition
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,7 @@ def document(version: str) -> LifecycleDoc:
             s.phase,
             s.final,
             [DeadlineDoc(d.name, d.fires, d.period, d.counted_from) for d in s.deadlines],
+            s.stuck_after / timedelta(days=1) if s.stuck_after else None,
         )
         for s in lifecycle.states
     ]
