@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     timer_poll_seconds: float = Field(default=10.0, gt=0)
     timer_batch_size: int = Field(default=100, gt=0)
 
+    # Readiness (GET /health/ready): unready when the oldest committed event still waiting for
+    # the relay is older than this; the relay hands events over within a second when it runs.
+    ready_max_outbox_age_seconds: float = Field(default=60.0, gt=0)
+
     # HTTP API: API tokens always; OIDC/JWT bearer tokens when an issuer is set. Algorithms are
     # pinned (never taken from the token's header); the key comes from the JWKS URL or a PEM.
     api_token_days: int = Field(default=90, gt=0)
