@@ -204,10 +204,11 @@ def test_each_process_starts_and_passes_its_compose_health_check(started: Any, t
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
 
-    if service == "api":  # readiness reaches the database; the cases need a token
+    if service == "api":  # readiness reaches the database, the broker and the relay; cases need a token
         base = f"http://127.0.0.1:{env['AVRR_API_PORT']}"
         with urllib.request.urlopen(f"{base}/health/ready", timeout=10) as response:
-            assert json.load(response) == {"status": "ok", "checks": {"database": "ok"}}
+            checks = {"database": "ok", "relay": "ok", "broker": "ok"}
+            assert json.load(response) == {"status": "ok", "checks": checks}
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{base}/cases/00000000-0000-0000-0000-000000000000", timeout=10)
         assert refused.value.code == 401
