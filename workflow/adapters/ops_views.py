@@ -221,8 +221,8 @@ class OpsViews:
         ]
         return or_(*per_state) if per_state else false()
 
-    def stuck_cases(self, now: datetime, limit: int = 200) -> list[StuckCase]:
-        """The longest-idle cases first, as far as their state allows."""
+    def stuck_cases(self, now: datetime, limit: int = 200, state: str | None = None) -> list[StuckCase]:
+        """The longest-idle cases first, as far as their state allows; ``state``: of that state only."""
         limits = {s.name: s.stuck_after for s in self._lifecycle.states if s.stuck_after is not None}
         query = (
             select(c.id, c.state, c.owner_office, c.updated_at)
@@ -230,6 +230,8 @@ class OpsViews:
             .order_by(c.updated_at, c.id)
             .limit(limit)
         )
+        if state is not None:
+            query = query.where(c.state == state)
         with self._db.connect() as conn:
             return [
                 StuckCase(
