@@ -1,4 +1,4 @@
-"""Putting a job on the queue: one message per (event, effect), ids and types only."""
+"""Putting a job on the queue: one message per (event, effect), ids, types and the commit's time only."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ def send_job(app: Celery, job: Job, producer: Any = None) -> None:
     app.send_task(
         TASK,
         args=[job.event_id, job.event_type, job.case_id, job.effect],
+        # For the commit-to-effect latency; a retry sends the same kwargs again.
+        kwargs={"occurred_at": job.occurred_at.isoformat()} if job.occurred_at else {},
         producer=producer,
         retry=True,
         retry_policy=PUBLISH_RETRY,

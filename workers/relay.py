@@ -41,7 +41,8 @@ def celery_publisher(app: Celery) -> Callable[[Sequence[OutboxMessage]], None]:
         with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
             for m in batch:
                 for effect in runnable_effects(m.event_type):
-                    send_job(app, Job(m.event_id, m.event_type, m.case_id, effect.name), producer)
+                    job = Job(m.event_id, m.event_type, m.case_id, effect.name, m.occurred_at)
+                    send_job(app, job, producer)
 
     return publish
 

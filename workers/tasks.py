@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -14,8 +15,6 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 
 from config.celery import MAX_ATTEMPTS, RETRY_BACKOFF_MAX
 from workers.app import app
-from workflow.adapters.clock import SystemClock
-from workflow.adapters.jobs import SqlJobStore
 from workflow.bootstrap import bootstrap, effect_runner
 from workflow.service_layer.effects import EffectRunner, Job
 from workflow.service_layer.notifications import TransientDeliveryError
@@ -41,7 +40,7 @@ class EffectTask(Task):  # type: ignore[misc]
         job = Job(*args)
         # The error's type and its own short text: channels never put addresses or bodies in it.
         error = f"{type(exc).__name__}: {exc}"[:500]
-        SqlJobStore(_db()).dead_letter(job, error, SystemClock().now())
+        _runner().give_up(job, error)
         log.error("job.dead_lettered", event_id=job.event_id, effect=job.effect, error=type(exc).__name__)
 
 
@@ -53,10 +52,13 @@ def backoff(retries: int, retry_after: float | None = None) -> float:
 
 
 @app.task(name="avrr.effects.run", base=EffectTask, bind=True, max_retries=MAX_ATTEMPTS - 1)
-def run_effect(self: Task, event_id: str, event_type: str, case_id: str, effect: str) -> str:
+def run_effect(
+    self: Task, event_id: str, event_type: str, case_id: str, effect: str, occurred_at: str | None = None
+) -> str:
     structlog.contextvars.bind_contextvars(event_id=event_id, case_id=case_id)
+    committed = datetime.fromisoformat(occurred_at) if occurred_at else None
     try:
-        return _runner().run(Job(event_id, event_type, case_id, effect))
+        return _runner().run(Job(event_id, event_type, case_id, effect, committed))
     except TRANSIENT as exc:
         delay = backoff(self.request.retries, getattr(exc, "retry_after", None))
         log.warning("job.retrying", effect=effect, error=type(exc).__name__, retry_in=round(delay, 2))

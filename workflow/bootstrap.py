@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -26,6 +27,9 @@ from workflow.service_layer.notifications import EMAIL, SMS, WEBHOOK, Channel
 from workflow.service_layer.ports import Clock
 from workflow.service_layer.timers import TimerService
 from workflow.service_layer.transitions import TransitionService
+
+if TYPE_CHECKING:
+    from workflow.adapters.metrics import PrometheusObserver
 
 
 def programme_from(settings: Settings) -> Programme:
@@ -59,7 +63,7 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None, db: 
         settings.database_url, pool_size=settings.db_pool_size, pre_ping=settings.db_pre_ping
     )
     clock = clock or SystemClock()
-    service = TransitionService(lambda: SqlUnitOfWork(db), programme_from(settings), clock)
+    service = TransitionService(lambda: SqlUnitOfWork(db), programme_from(settings), clock, _observer())
     timers = TimerService(SqlTimerStore(db), service, clock)
     return App(db=db, transitions=service, views=CaseViews(db), timers=timers, clock=clock)
 
@@ -94,4 +98,14 @@ def effect_runner(db: Engine, max_attempts: int, settings: Settings | None = Non
         facts=SqlFacts(db),
         channels=channels_from(settings),
         renderer=default_templates(),
+        observer=_observer(),
     )
+
+
+def _observer() -> PrometheusObserver:
+    # Imported here, not at the top: prometheus_client chooses its multiprocess mode from
+    # PROMETHEUS_MULTIPROC_DIR when first imported, and `avrr serve` and `avrr worker` set it
+    # after the `avrr` command (which imports this module) has started.
+    from workflow.adapters.metrics import PrometheusObserver
+
+    return PrometheusObserver()

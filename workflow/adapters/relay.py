@@ -23,11 +23,13 @@ class OutboxMessage:
     event_type: str
     case_id: str
     case_version: int
+    occurred_at: datetime  # the commit's time: the jobs' commit-to-effect latency starts here
 
 
 Publish = Callable[[Sequence[OutboxMessage]], None]
 o = tb.outbox.c
-_UNSENT = select(o.id, o.event_id, o.event_type, o.case_id, o.case_version).where(o.sent_at.is_(None))
+_COLUMNS = (o.id, o.event_id, o.event_type, o.case_id, o.case_version, o.occurred_at)
+_UNSENT = select(*_COLUMNS).where(o.sent_at.is_(None))
 _MARK_SENT = update(tb.outbox).where(o.id.in_(bindparam("ids", expanding=True)))
 
 
@@ -66,7 +68,7 @@ def _claim_and_mark(batch_size: int) -> Any:
         update(tb.outbox)
         .where(o.id.in_(ready))
         .values(sent_at=bindparam("now", type_=o.sent_at.type), attempts=o.attempts + 1)
-        .returning(o.id, o.event_id, o.event_type, o.case_id, o.case_version)
+        .returning(*_COLUMNS)
     )
 
 

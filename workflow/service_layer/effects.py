@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -36,7 +36,7 @@ from workflow.service_layer.notifications import (
     Renderer,
     idempotency_key,
 )
-from workflow.service_layer.ports import Clock
+from workflow.service_layer.ports import Clock, JobObserver, NoObserver
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +50,10 @@ class Job:
     event_type: str
     case_id: str
     effect: str
+    # When the event was committed, as the relay read it from the outbox: what the job's
+    # commit-to-effect latency is measured from. Not part of the job's identity; a replayed
+    # dead letter does not carry it (its latency would be a person's, not the engine's).
+    occurred_at: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +119,11 @@ class EffectRunner:
         facts: FactSource | None = None,
         channels: Mapping[str, Channel] | None = None,
         renderer: Renderer | None = None,
+        observer: JobObserver | None = None,
     ) -> None:
         self._jobs, self._clock, self._max_attempts = jobs, clock, max_attempts
         self._facts, self._channels, self._renderer = facts, channels or {}, renderer
+        self._observer = observer or NoObserver()
 
     def run(self, job: Job) -> str:
         effect = effect_named(job.event_type, job.effect)
@@ -130,6 +136,7 @@ class EffectRunner:
         if attempts > self._max_attempts:
             store.dead_letter(job, f"gave up after {attempts - 1} attempts", self._clock.now())
             log.warning("job.dead_lettered", event_id=job.event_id, effect=job.effect, attempts=attempts)
+            self._observer.job_finished(job.effect, "dead", None)
             return "dead"
         if effect.kind == CREATE_TASK:
             store.create_task_once(job, effect, self._clock.now())
@@ -137,7 +144,19 @@ class EffectRunner:
             last = self._send(store, job, effect)
             store.finish(job, "done", None, self._clock.now(), delivered=last)
         log.info("job.done", event_id=job.event_id, case_id=job.case_id, effect=job.effect, attempts=attempts)
+        self._observer.job_finished(job.effect, "done", self._latency(job))
         return "done"
+
+    def give_up(self, job: Job, error: str) -> None:
+        """The job's retries are spent, or its error is permanent: filed in the dead letters."""
+        self._jobs().dead_letter(job, error, self._clock.now())
+        self._observer.job_finished(job.effect, "dead", None)
+
+    def _latency(self, job: Job) -> float | None:
+        if job.occurred_at is None:
+            return None
+        committed = job.occurred_at if job.occurred_at.tzinfo else job.occurred_at.replace(tzinfo=UTC)
+        return max(0.0, (self._clock.now() - committed).total_seconds())
 
     def _send(self, store: JobStore, job: Job, effect: Effect) -> str | None:
         """Sends on each channel not done yet; returns the last channel sent, not yet recorded."""

@@ -20,6 +20,35 @@ class Clock(Protocol):
     def now(self) -> datetime: ...
 
 
+class TransitionObserver(Protocol):
+    """Told of every fire's outcome, for metrics: labels only, never ids or payloads."""
+
+    def fired(self, trigger: str, outcome: str) -> None:
+        """``trigger``: a trigger of the lifecycle, or ``unknown`` for a name it does not have;
+        ``outcome``: ``ok``, ``replayed`` (an idempotent repeat), the refusal's error code, or
+        ``error`` (anything else raised, say the database being away)."""
+        ...
+
+
+class JobObserver(Protocol):
+    """Told when a job of the workers finishes, for metrics."""
+
+    def job_finished(self, effect: str, outcome: str, latency_s: float | None) -> None:
+        """``outcome``: ``done`` or ``dead``; ``latency_s``: from the event's commit to the job's
+        ``done`` commit, when the job knows when its event was committed."""
+        ...
+
+
+class NoObserver:
+    """The default observer: metrics off (unit tests, scripts)."""
+
+    def fired(self, trigger: str, outcome: str) -> None:
+        pass
+
+    def job_finished(self, effect: str, outcome: str, latency_s: float | None) -> None:
+        pass
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryEntry:
     case_id: str

@@ -19,7 +19,7 @@ from workflow.domain.errors import (
     UnknownCase,
     VersionConflict,
 )
-from workflow.domain.lifecycle import LIFECYCLE
+from workflow.domain.lifecycle import LIFECYCLE, LIFECYCLES
 from workflow.domain.machine import Fired, can_see, machine_for
 from workflow.domain.payloads import public_view
 from workflow.domain.programme import FireContext, Programme
@@ -29,6 +29,8 @@ from workflow.service_layer.ports import (
     DuplicateIdempotencyKey,
     HistoryEntry,
     InboundDelivery,
+    NoObserver,
+    TransitionObserver,
     UnitOfWork,
 )
 
@@ -36,6 +38,9 @@ log = structlog.get_logger(__name__)
 
 REGISTER = next(t.trigger for t in LIFECYCLE.transitions if LIFECYCLE.initial in t.sources)
 OPENING = frozenset(t.trigger for t in LIFECYCLE.transitions if LIFECYCLE.initial in t.sources)
+# A trigger is the caller's text: outside this set it is observed as "unknown", so a metric's
+# labels stay few whatever callers send.
+TRIGGERS = frozenset(t.trigger for lifecycle in LIFECYCLES.values() for t in lifecycle.transitions)
 MAX_ACTOR_ID, MAX_KEY = 120, 200  # the widths of their columns
 
 
@@ -88,8 +93,15 @@ class _Request:
 
 
 class TransitionService:
-    def __init__(self, uow: Callable[[], UnitOfWork], programme: Programme, clock: Clock) -> None:
+    def __init__(
+        self,
+        uow: Callable[[], UnitOfWork],
+        programme: Programme,
+        clock: Clock,
+        observer: TransitionObserver | None = None,
+    ) -> None:
         self._uow, self._programme, self._clock = uow, programme, clock
+        self._observer = observer or NoObserver()
 
     def fire(
         self,
@@ -132,11 +144,18 @@ class TransitionService:
         with structlog.contextvars.bound_contextvars(
             case_id=request.case_id, trigger=request.trigger, request_id=request.request_id
         ):
+            trigger = request.trigger if request.trigger in TRIGGERS else "unknown"
             try:
-                return self._run_deduplicated(request)
+                result = self._run_deduplicated(request)
             except DomainError as error:
                 log.info("case.fire_refused", error=error.code, actor_id=request.actor.id)
+                self._observer.fired(trigger, error.code)
                 raise
+            except Exception:
+                self._observer.fired(trigger, "error")
+                raise
+            self._observer.fired(trigger, "replayed" if result.replayed else "ok")
+            return result
 
     def _run_deduplicated(self, request: _Request) -> FireResult:
         if len(request.actor.id) > MAX_ACTOR_ID or len(request.idempotency_key or "") > MAX_KEY:
