@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     rate_limit_money: str = "60/minute"
     api_workers: int = Field(default=2, gt=0)
 
+    # Prometheus: GET /metrics needs this bearer token when it is set (scrapers usually have none,
+    # and the figures say nothing about persons). A worker serves its own processes' metrics on
+    # this port when it is set (`avrr worker --metrics-port`).
+    metrics_token: SecretStr | None = None
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    worker_metrics_address: str = "127.0.0.1"
+
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:
         if self.environment == "development":

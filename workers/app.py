@@ -10,6 +10,7 @@ from celery import Celery, signals
 from config.celery import celery_config
 from config.logging import configure_logging
 from config.settings import get_settings
+from workers import metrics
 
 DATA_DIR = Path("var")
 
@@ -23,6 +24,7 @@ def make_celery() -> Celery:
     app = Celery("avrr")
     app.conf.update(config)
     app.conf.imports = ("workers.tasks", "workers.noop", "workers.timers")
+    metrics.install(app)
     return app
 
 

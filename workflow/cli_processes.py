@@ -62,11 +62,20 @@ def worker(
     ] = None,
     queues: Annotated[str, typer.Option("--queues", "-Q", help="comma-separated queues")] = DEFAULT_QUEUE,
     name: Annotated[str, typer.Option("--name", "-n", help="node name")] = "",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve Prometheus metrics on this port (default AVRR_WORKER_METRICS_PORT, off)"),
+    ] = None,
+    metrics_address: Annotated[
+        str | None, typer.Option(help="address of the metrics port (default AVRR_WORKER_METRICS_ADDRESS)")
+    ] = None,
     check: CheckOpt = False,
     timeout: Annotated[float, typer.Option(help="--check: seconds to wait for the pong")] = 5.0,
 ) -> None:
     """Run a Celery worker of workers.app (prefork), or with --check ping it."""
     node = name or f"avrr@{socket.gethostname()}"
+    if not check:
+        _metrics_dir("worker")  # before workers.app imports prometheus_client
     app = _celery()
     if check:
         replies = _ping(app, node, timeout)
@@ -79,7 +88,25 @@ def worker(
     argv = ["worker", "-n", node, "-Q", queues, "--without-gossip", "--without-mingle"]
     if concurrency:
         argv += ["-c", str(concurrency)]
+    from workers import metrics
+
+    metrics.serve_on(metrics_port, metrics_address)
     app.worker_main(argv)
+
+
+def _metrics_dir(service: str) -> None:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for this run unless the environment names one (docker-compose:
+    a tmpfs per service): the service's processes each write their metrics there and a scrape adds
+    them up. It must be set before prometheus_client is first imported; it is removed at exit."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    import atexit
+    import shutil
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix=f"avrr-{service}-metrics-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
 def _ping(app: Celery, node: str, timeout: float) -> list[dict[str, Any]]:
@@ -218,6 +245,7 @@ def serve(
 
     from config.settings import get_settings
 
+    _metrics_dir("api")  # each uvicorn worker inherits it: /metrics adds up every one of them
     # After a clean shutdown uvicorn raises the SIGTERM or SIGINT that stopped it again, for the
     # handler it found: this one takes it, so a clean stop exits 0 like the other processes.
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -26,7 +26,7 @@ OFFICE_OF_SIDE = {ORIGIN: "tallinn", DESTINATION: "kyiv"}
 STRANGER = "riga"
 # Routes that authenticate otherwise: liveness must answer a load balancer; the inbound
 # handover is authenticated by its HMAC signature, not by a token.
-UNAUTHENTICATED_BY_DESIGN = {"/health/live", "/health/ready", "/handover/inbound"}
+UNAUTHENTICATED_BY_DESIGN = {"/health/live", "/health/ready", "/handover/inbound", "/metrics"}
 
 
 @pytest.fixture

@@ -89,6 +89,8 @@ def _env(spec: dict[str, Any], pg_url: str, tmp_path: Path) -> dict[str, str]:
         "FLOWER_BASIC_AUTH": FLOWER_AUTH,
         "FLOWER_PORT": str(_free_port()),
         "AVRR_API_PORT": str(_free_port()),  # the api service's port, for its command and its check
+        "AVRR_WORKER_METRICS_PORT": str(_free_port()),  # the worker's, on loopback here
+        "AVRR_WORKER_METRICS_ADDRESS": "127.0.0.1",
         "HOME": str(tmp_path),
     }
     assert env["AVRR_ENVIRONMENT"] == "production"

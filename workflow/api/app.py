@@ -12,11 +12,25 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.settings import Settings, get_settings
+from workflow.adapters import metrics as prometheus
 from workflow.adapters.access_log import SqlAccessLog
+from workflow.adapters.ops_metrics import OpsCollector
+from workflow.adapters.ops_views import OpsViews
 from workflow.adapters.tokens import SqlTokens
 from workflow.api.context import Engine, RequestIdMiddleware, action, engine, request_id
 from workflow.api.problems import PROBLEM_SCHEMA, PROBLEMS, ApiProblem, problem
-from workflow.api.routes import cases, events, grants, handover, health, lifecycle, listing
+from workflow.api.routes import (
+    cases,
+    events,
+    grants,
+    handover,
+    health,
+    lifecycle,
+    listing,
+    metrics,
+    ops,
+    ops_page,
+)
 from workflow.api.schemas import payload_schemas
 from workflow.api.security import Authenticator
 from workflow.bootstrap import App, bootstrap
@@ -45,6 +59,7 @@ def create_app(app: App | None = None, settings: Settings | None = None) -> Fast
     api.state.engine = Engine(
         app, settings, Authenticator(settings, SqlTokens(app.db), app.clock), SqlAccessLog(app.db)
     )
+    api.state.metrics = prometheus.registry(OpsCollector(OpsViews(app.db), app.clock))
     api.add_middleware(RequestIdMiddleware)
     api.include_router(cases.router)
     api.include_router(listing.router)
@@ -53,6 +68,9 @@ def create_app(app: App | None = None, settings: Settings | None = None) -> Fast
     api.include_router(lifecycle.router)
     api.include_router(health.router)
     api.include_router(handover.router)
+    api.include_router(metrics.router)
+    api.include_router(ops.router)
+    api.include_router(ops_page.router)
     _handlers(api)
     api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
     return api
@@ -73,17 +91,29 @@ def _refused(request: Request, code: str) -> None:
     )
 
 
+def _problem(
+    code: str,
+    detail: str,
+    request: Request,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A refusal's problem details, counted by its code in avrr_requests_refused_total."""
+    prometheus.refused(code)
+    return problem(code, detail, request.url.path, request_id(request), extra, headers)
+
+
 def _handlers(api: FastAPI) -> None:
     @api.exception_handler(DomainError)
     async def domain_error(request: Request, error: DomainError) -> JSONResponse:
         _refused(request, error.code)
-        return problem(error.code, error.detail, request.url.path, request_id(request), error.extra())
+        return _problem(error.code, error.detail, request, error.extra())
 
     @api.exception_handler(ApiProblem)
     async def api_problem(request: Request, error: ApiProblem) -> JSONResponse:
         if error.code != "unauthenticated":  # logged where the credentials were checked
             _refused(request, error.code)
-        return problem(error.code, error.detail, request.url.path, request_id(request), headers=error.headers)
+        return _problem(error.code, error.detail, request, headers=error.headers)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -92,22 +122,17 @@ def _handlers(api: FastAPI) -> None:
             {"loc": ".".join(str(part) for part in e["loc"]), "msg": e["msg"], "type": e["type"]}
             for e in error.errors()
         ]
-        return problem(
-            "invalid_payload",
-            "the request is invalid",
-            request.url.path,
-            request_id(request),
-            {"errors": errors},
-        )
+        return _problem("invalid_payload", "the request is invalid", request, {"errors": errors})
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "invalid_payload")
-        return problem(code, str(error.detail), request.url.path, request_id(request))
+        return _problem(code, str(error.detail), request)
 
     @api.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.error("api.unexpected_error", error=type(error).__name__, path=request.url.path)
+        prometheus.refused("internal_error")
         return problem(
             "internal_error",
             "the request failed; it is logged with its request id",

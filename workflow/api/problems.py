@@ -37,6 +37,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "not_found": (404, "No such resource"),
     "method_not_allowed": (405, "Method not allowed"),
     "bad_signature": (401, "Bad or stale signature"),
+    "broker_unavailable": (503, "The broker cannot be reached"),
     "internal_error": (500, "Internal error"),
 }
 assert {error.code for error in e.ALL_ERRORS} <= set(PROBLEMS)
