@@ -308,7 +308,12 @@ def test_the_dashboard_page_and_its_assets_are_served_by_the_app_under_a_strict_
     assert "default-src 'none'" in csp and "script-src 'self'" in csp and "connect-src 'self'" in csp
     assert "unsafe-inline" not in csp
     assert 'src="dashboard.js"' in page.text and 'href="dashboard.css"' in page.text
-    for asset, media_type in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+    assets = (
+        ("dashboard.js", "text/javascript"),
+        ("dashboard.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    )
+    for asset, media_type in assets:
         served = ops_api.get(f"/ops/{asset}")
         assert served.status_code == 200 and served.headers["content-type"].startswith(media_type)
         assert served.headers["x-content-type-options"] == "nosniff"

@@ -1,4 +1,4 @@
-"""The ops dashboard's page: one HTML file, one script, one stylesheet, all served from the
+"""The ops dashboard's page: one HTML file, one script, one stylesheet (and an icon), all served from the
 package (nothing from the internet), under a Content-Security-Policy of this origin only.
 
 The page itself needs no token: it holds no data. The ops person pastes an API token into it,
@@ -19,6 +19,7 @@ ASSETS = {
     "": ("index.html", "text/html; charset=utf-8"),
     "dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
     "dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
+    "favicon.svg": ("favicon.svg", "image/svg+xml"),  # else browsers ask for /favicon.ico: a 404
 }
 # Scripts, styles, images and calls from this origin only: no inline script or style, no
 # framing, no form posting elsewhere. Data reaches the DOM as text, never as markup.
@@ -62,3 +63,8 @@ def script() -> Response:
 @router.get("/dashboard.css")
 def stylesheet() -> Response:
     return _asset("dashboard.css")
+
+
+@router.get("/favicon.svg")
+def icon() -> Response:
+    return _asset("favicon.svg")
