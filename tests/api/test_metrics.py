@@ -33,13 +33,13 @@ def test_transitions_and_refusals_are_counted_by_trigger_outcome_and_reason(
     again = api.post("/cases", json=REGISTRATION, headers={**caseworker, "Idempotency-Key": "k-1"})
     case_id = created.json()["case_id"]
     url = f"/cases/{case_id}/transitions"
-    too_early = api.post(f"{url}/submit_application", json={}, headers={**caseworker, "If-Match": '"1"'})
+    incomplete = api.post(f"{url}/submit_application", json={}, headers={**caseworker, "If-Match": '"1"'})
     unknown = api.post(f"{url}/teleport", json={}, headers={**caseworker, "If-Match": '"1"'})
     stranger = api.get(f"/cases/{uuid.uuid4()}", headers=caseworker)
     anonymous = api.get(f"/cases/{case_id}")
     after = scrape(api)
 
-    assert [r.status_code for r in (created, again, too_early, unknown, stranger, anonymous)] == [
+    assert [r.status_code for r in (created, again, incomplete, unknown, stranger, anonymous)] == [
         201, 201, 409, 404, 404, 401
     ]  # fmt: skip
     fired = {

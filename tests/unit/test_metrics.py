@@ -14,8 +14,11 @@ from tests.unit.test_effect_runner import NOW, Channel, Clock, FactSource, Store
 from workflow.adapters import metrics
 from workflow.adapters.ops_metrics import OpsCollector
 from workflow.adapters.templates import default_templates
+from workflow.demo import TLL_CASEWORKER
+from workflow.domain.programme import Programme
 from workflow.service_layer.effects import EffectRunner, Job
 from workflow.service_layer.notifications import EMAIL, SMS
+from workflow.service_layer.transitions import TransitionService
 
 EFFECT = "notify_family:travel_booked:origin"
 
@@ -64,6 +67,30 @@ def test_a_job_past_its_cap_or_given_up_is_reported_dead() -> None:
 
 def test_the_commit_time_is_not_part_of_a_jobs_identity() -> None:
     assert Job("e", "T", "c", "x", occurred_at=NOW) == Job("e", "T", "c", "x")
+
+
+class DatabaseAway:
+    def __enter__(self) -> DatabaseAway:
+        raise ConnectionError("the database is away")
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "trigger, label", [("submit_application", "submit_application"), ("x" * 99, "unknown")]
+)
+def test_a_fire_that_fails_for_no_domain_reason_is_reported_as_error(trigger: str, label: str) -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Observer:
+        def fired(self, trigger: str, outcome: str) -> None:
+            seen.append((trigger, outcome))
+
+    service = TransitionService(DatabaseAway, Programme(), Clock(), Observer())  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        service.fire("case-1", trigger, TLL_CASEWORKER)
+    assert seen == [(label, "error")]
 
 
 @dataclass(frozen=True)
