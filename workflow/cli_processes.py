@@ -232,14 +232,17 @@ def serve(
     ] = None,
     access_log: Annotated[bool, typer.Option(help="log each request (uvicorn's access log)")] = True,
     check: CheckOpt = False,
+    live: Annotated[bool, typer.Option("--live", help="--check: liveness only (GET /health/live)")] = False,
     timeout: Annotated[float, typer.Option(help="--check: seconds to wait for the answer")] = 5.0,
 ) -> None:
-    """Serve the HTTP API with uvicorn until SIGTERM or SIGINT; --check asks its GET /health/live.
+    """Serve the HTTP API with uvicorn until SIGTERM or SIGINT; --check asks its GET /health/ready
+    (the database, the broker and the relay's lag), or GET /health/live with --live.
 
     The OpenAPI documentation is at /docs; every route but /health/* needs a bearer token
     (`avrr token create`)."""
     if check:
-        _live_check("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port, timeout)  # noqa: S104
+        address = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104
+        _api_check(f"http://{address}:{port}/health/{'live' if live else 'ready'}", timeout)
         return
     import uvicorn
 
@@ -262,14 +265,21 @@ def serve(
     )
 
 
-def _live_check(host: str, port: int, timeout: float) -> None:
+def _api_check(url: str, timeout: float) -> None:
     import json
+    import urllib.error
     import urllib.request
 
-    url = f"http://{host}:{port}/health/live"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+    try:  # the URL is ours: http on the local address
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310
             healthy = response.status == 200 and json.load(response).get("status") == "ok"
+    except urllib.error.HTTPError as exc:  # 503 from readiness: say which check failed
+        try:
+            failed = {k: v for k, v in json.load(exc).get("checks", {}).items() if v != "ok"}
+        except ValueError:
+            failed = {}
+        typer.echo(f"api {url}: unhealthy: {exc.code} {failed or ''}".rstrip(), err=True)
+        raise typer.Exit(1) from None
     except (OSError, ValueError) as exc:
         typer.echo(f"api {url}: unhealthy: {type(exc).__name__}", err=True)
         raise typer.Exit(1) from None
