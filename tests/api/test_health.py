@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import update
 
 from config.settings import Settings
-from tests.api.conftest import api_client
+from tests.api.conftest import api_client, bearer, token_for
 from tests.integration.processes import RedisServer
 from tests.support import FixedClock, register
 from workflow.adapters import tables as tb
 from workflow.bootstrap import App, bootstrap
+from workflow.domain.actors import Role
 
 
 @pytest.fixture
@@ -32,6 +33,8 @@ def test_live_answers_without_a_token(app: App) -> None:
 
 
 def test_ready_follows_the_broker_stopped_and_started_again(app: App, redis: RedisServer) -> None:
+    case_id = register(app).case_id
+    auth = bearer(token_for(app, "tll-caseworker", "tallinn", Role.CASEWORKER))
     with api_client(app, broker_url=redis.url()) as api:
         first = api.get("/health/ready")
         assert first.status_code == 200, first.text
@@ -44,6 +47,9 @@ def test_ready_follows_the_broker_stopped_and_started_again(app: App, redis: Red
         assert down.json()["checks"]["broker"].startswith("failed: ")
         assert down.json()["checks"]["database"] == "ok"
         assert "127.0.0.1" not in down.text  # the error's class only, not its message
+        # Unready, yet serving: the rate limits (counted in Redis) fall back to this process.
+        assert api.get(f"/cases/{case_id}", headers=auth).status_code == 200
+        assert api.get("/cases", headers={"Authorization": "Bearer avrr_wrong"}).status_code == 401
 
         redis.start()
         back = api.get("/health/ready")

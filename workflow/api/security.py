@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import Any
 
 import jwt
+import structlog
 from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
@@ -16,6 +17,8 @@ from workflow.adapters.tokens import TOKEN_PREFIX, SqlTokens
 from workflow.api.problems import ApiProblem
 from workflow.domain.actors import Actor, Role
 from workflow.service_layer.ports import Clock
+
+log = structlog.get_logger(__name__)
 
 
 def unauthenticated(detail: str) -> ApiProblem:
@@ -29,11 +32,25 @@ class Authenticator:
     clock: Clock
 
     @cached_property
-    def _limiter(self) -> MovingWindowRateLimiter:
-        url = (
-            self.settings.broker_url if (self.settings.broker_url or "").startswith("redis") else "memory://"
-        )
-        return MovingWindowRateLimiter(storage_from_string(url or "memory://"))
+    def _shared(self) -> MovingWindowRateLimiter:
+        url = self.settings.broker_url if (self.settings.broker_url or "").startswith("redis") else None
+        if not url:
+            return self._local
+        # Short socket timeouts: a Redis that does not answer must not hold a request up.
+        return MovingWindowRateLimiter(storage_from_string(url, socket_connect_timeout=1, socket_timeout=1))
+
+    @cached_property
+    def _local(self) -> MovingWindowRateLimiter:
+        return MovingWindowRateLimiter(storage_from_string("memory://"))
+
+    def _limiter_call(self, method: str, *args: Any) -> Any:
+        """The shared (Redis) counters; while Redis is away, this process's own, so the API keeps
+        serving (transitions commit without Redis) with limits per process until it returns."""
+        try:
+            return getattr(self._shared, method)(*args)
+        except Exception as exc:  # the storage's connection errors differ by client library
+            log.warning("rate_limit.storage_unavailable", error=type(exc).__name__)
+            return getattr(self._local, method)(*args)
 
     @cached_property
     def _jwks(self) -> jwt.PyJWKClient | None:
@@ -42,14 +59,13 @@ class Authenticator:
     def limit(self, rule: str, *key: str) -> None:
         """Counts one hit; refuses with 429 once the rule's budget for ``key`` is spent."""
         item = parse(rule)
-        if not self._limiter.hit(item, *key):
-            retry = max(
-                1, int(self._limiter.get_window_stats(item, *key).reset_time - self.clock.now().timestamp())
-            )
+        if not self._limiter_call("hit", item, *key):
+            stats = self._limiter_call("get_window_stats", item, *key)
+            retry = max(1, int(stats.reset_time - self.clock.now().timestamp()))
             raise ApiProblem("rate_limited", f"limit {rule} reached", {"Retry-After": str(retry)})
 
     def authenticate(self, authorization: str | None, client: str) -> Actor:
-        if self._limiter.test(parse(self.settings.rate_limit_auth_failures), "auth", client) is False:
+        if self._limiter_call("test", parse(self.settings.rate_limit_auth_failures), "auth", client) is False:
             raise ApiProblem(
                 "rate_limited", "too many failed authentications from this address", {"Retry-After": "60"}
             )
@@ -58,7 +74,7 @@ class Authenticator:
             raise unauthenticated("send Authorization: Bearer <token>")
         actor = self._verify(credential.strip())
         if actor is None:
-            self._limiter.hit(parse(self.settings.rate_limit_auth_failures), "auth", client)
+            self._limiter_call("hit", parse(self.settings.rate_limit_auth_failures), "auth", client)
             raise unauthenticated("the token is unknown, expired or revoked")
         return actor
 
