@@ -275,6 +275,17 @@ class SqlDeadLetters:
         with self._db.connect() as conn:
             return [DeadLetter(*row) for row in conn.execute(_OPEN.order_by(dl.id).limit(limit))]
 
+    def open_ids(self) -> list[int]:
+        """Every open dead letter's id, oldest first: `avrr ops replay --all` replays them one at a time."""
+        with self._db.connect() as conn:
+            return list(conn.scalars(select(dl.id).where(dl.replayed_at.is_(None)).order_by(dl.id)))
+
+    def replayed_at(self, ids: Iterable[int]) -> dict[int, datetime | None]:
+        """Each of ``ids`` that names a dead letter, with when it was replayed (None: still open)."""
+        with self._db.connect() as conn:
+            rows = conn.execute(select(dl.id, dl.replayed_at).where(dl.id.in_(list(ids))))
+            return {letter_id: replayed for letter_id, replayed in rows}
+
     def replay(self, ids: Iterable[int] | None, now: datetime, publish: Callable[[Job], None]) -> list[Job]:
         """Reopens each chosen dead letter with a fresh attempt budget and re-queues its job.
 
