@@ -53,6 +53,7 @@ PROCESSES = {
 }
 SMTP_SINK = ("127.0.0.1", 1025)  # config/settings.py's default SMTP host and port
 API_PORT = 8000  # `avrr serve`'s default; AVRR_API_PORT to change it
+OPS_ACTOR = ("ops-demo", "tallinn", "ops")  # the dashboard's demo login
 DEMO_ACTOR = ("tll-caseworker", "tallinn", "caseworker")  # workflow/demo.py: TLL_CASEWORKER
 
 
@@ -109,9 +110,9 @@ def _api_port() -> int:
     return port
 
 
-def _token() -> str:
-    """An API token for the demo caseworker, valid one day (`avrr token create`)."""
-    actor, office, role = DEMO_ACTOR
+def _token(who: tuple[str, str, str] = DEMO_ACTOR) -> str:
+    """An API token for a demo actor (the caseworker, ops), valid one day (`avrr token create`)."""
+    actor, office, role = who
     argv = ["token", "create", "--actor", actor, "--office", office, "--role", role, "--days", "1"]
     made = subprocess.run(  # noqa: S603
         [str(BIN / "avrr"), *argv, "--name", "dev.py run"],
@@ -138,7 +139,7 @@ def _demo() -> tuple[int, str | None]:
     return proc.wait(), case_id
 
 
-def _where(port: int, token: str, case_id: str | None, serve: bool) -> None:
+def _where(port: int, token: str, case_id: str | None, serve: bool, ops_token: str = "") -> None:
     url = f"http://127.0.0.1:{port}"
     actor, office, role = DEMO_ACTOR
     case = case_id or "CASE_ID"
@@ -151,6 +152,9 @@ def _where(port: int, token: str, case_id: str | None, serve: bool) -> None:
     print(f"  export AVRR_TOKEN={token or '...'}")
     print(f'  curl -H "Authorization: Bearer $AVRR_TOKEN" {url}/cases/{case}')
     print(f'  curl -H "Authorization: Bearer $AVRR_TOKEN" {url}/cases/{case}/history')
+    print(f"ops dashboard: {url}/ops/ (log in with the ops token below); metrics: {url}/metrics")
+    print(f"  {ops_token or 'no ops token made: avrr token create --actor ... --office ... --role ops'}")
+    print("ops in a terminal: .venv/bin/avrr ops status (and ops stuck, ops dead-letters, ops replay)")
     if not serve:
         print("(stopping now: python3 dev.py run --serve keeps it running)", flush=True)
 
@@ -210,7 +214,7 @@ def run(extra: list[str]) -> int:
             print(f"e-mails caught by the local SMTP sink (Maildir var/mail): {len(caught)}")
         print("health checks:", flush=True)
         healthy = all([_check(name) for name in PROCESSES])
-        _where(api_port, _token(), case_id, serve)
+        _where(api_port, _token(), case_id, serve, _token(OPS_ACTOR))
         if serve:
             print("running until Ctrl-C", flush=True)
             while not (dead := [name for name, proc in processes.items() if proc.poll() is not None]):

@@ -31,7 +31,8 @@ router = APIRouter(prefix="/ops", tags=["ops"])
 
 READ = ("unauthenticated", "permission_denied", "rate_limited")
 WORKERS_TTL = 2.0  # seconds: one broadcast per this long, however many dashboards poll
-WORKERS_MAX_STALE = 10.0  # older than this, a request waits for a fresh answer instead
+WORKERS_MAX_STALE = 10.0  # older than this, a request waits for a fresh answer instead ...
+WORKERS_WAIT = 1.5  # ... this long at most: the page says "asking…" (or when it last asked) meanwhile
 LIMIT = 100  # rows per list of the overview: a screen, not an export
 
 
@@ -75,7 +76,8 @@ class WorkerCache:
                 self._refresh.start()
             refresh = self._refresh
         if refresh is not None and age >= WORKERS_MAX_STALE:
-            refresh.join()
+            # Over Redis an answer takes about 1 s; the embedded broker's files about 5 s.
+            refresh.join(WORKERS_WAIT)
         return self._seen
 
     def _update(self) -> None:
