@@ -3,12 +3,15 @@ default (SQLite, the broker in files, no server) with a real API, worker, relay 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.integration.processes import free_port
 
@@ -24,8 +27,13 @@ def _checkout_copy(target: Path) -> None:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    # This test's own interpreter stands for ./.venv (dev.py installs into it only when
-    # pyproject.toml changed, and it is the same file here).
+    # This test's own environment stands for ./.venv. dev.py installs into it only when
+    # pyproject.toml differs from what it was installed from; that install would point the
+    # shared environment at this copy, so the test refuses to run then.
+    stamp = Path(sys.prefix) / ".installed-from"
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not stamp.is_file() or stamp.read_text() != digest:
+        pytest.fail("the environment is not installed from this pyproject.toml: run python3 dev.py setup")
     (target / ".venv").symlink_to(Path(sys.prefix))
 
 
