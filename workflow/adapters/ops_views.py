@@ -7,7 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, false, func, or_, select
+from sqlalchemy import (
+    ColumnClause,
+    Connection,
+    Engine,
+    Select,
+    Subquery,
+    func,
+    literal_column,
+    select,
+    union_all,
+)
 
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import DeadLetter, SqlDeadLetters
@@ -15,7 +25,11 @@ from workflow.domain.errors import UnknownCase
 from workflow.domain.lifecycle import LIFECYCLE, Lifecycle
 
 c, o, t, j, h = tb.cases.c, tb.outbox.c, tb.timers.c, tb.jobs.c, tb.case_history.c
-dl = tb.dead_letters.c
+dl, k = tb.dead_letters.c, tb.case_counts.c
+# Literals, not bound parameters: a prepared statement's generic plan can prove a partial index's
+# predicate (status = 'pending', status = 'running') only from a constant (see adapters/timers.py).
+_PENDING: ColumnClause[str] = literal_column("'pending'")
+_RUNNING: ColumnClause[str] = literal_column("'running'")
 
 # A timer is due at its due time; beat claims due timers every few seconds, so one still pending
 # this long after its due time was missed (no beat, no worker, or a failing fire).
@@ -142,13 +156,13 @@ class OpsViews:
         with self._db.connect() as conn:
             backlog, oldest = self._outbox(conn)
             counts = self._counts(conn) if with_counts else []
-            running = conn.scalar(select(func.count()).select_from(tb.jobs).where(j.status == "running"))
+            running = conn.scalar(select(func.count()).select_from(tb.jobs).where(j.status == _RUNNING))
             dead = conn.scalar(
                 select(func.count()).select_from(tb.dead_letters).where(dl.replayed_at.is_(None))
             )
             due = conn.scalar(self._timers_count(now))
             overdue = conn.scalar(self._timers_count(now - self._grace))
-            stuck = conn.scalar(select(func.count()).select_from(tb.cases).where(self._stuck(now)))
+            stuck = self._stuck_count(conn, now)
         return OpsStatus(
             at=now,
             outbox_backlog=backlog,
@@ -177,10 +191,14 @@ class OpsViews:
 
     @staticmethod
     def _counts(conn: Connection) -> list[StateCount]:
+        """From the counters the database keeps (tables.case_counts): counting every case took
+        0.3 s at a million cases; these are a few hundred rows, exact as of the last commit."""
+        total = func.sum(k.cases)
         rows = conn.execute(
-            select(c.state, c.owner_office, func.count())
-            .group_by(c.state, c.owner_office)
-            .order_by(c.state, c.owner_office)
+            select(k.state, k.office, total)
+            .group_by(k.state, k.office)
+            .having(total > 0)
+            .order_by(k.state, k.office)
         )
         return [StateCount(state, office, int(n)) for state, office, n in rows]
 
@@ -190,9 +208,7 @@ class OpsViews:
 
     @staticmethod
     def _timers_count(due_before: datetime) -> Select[int]:
-        return (
-            select(func.count()).select_from(tb.timers).where(t.status == "pending", t.due_at <= due_before)
-        )
+        return select(func.count()).select_from(tb.timers).where(t.status == _PENDING, t.due_at <= due_before)
 
     # -- lists that need a person --------------------------------------------------------------
 
@@ -202,7 +218,7 @@ class OpsViews:
     def overdue_timers(self, now: datetime, limit: int = 200) -> list[OverdueTimer]:
         query = (
             select(t.case_id, t.name, t.state, t.fires_trigger, t.due_at)
-            .where(t.status == "pending", t.due_at <= now - self._grace)
+            .where(t.status == _PENDING, t.due_at <= now - self._grace)
             .order_by(t.due_at)
             .limit(limit)
         )
@@ -212,26 +228,48 @@ class OpsViews:
                 for case_id, name, state, fires, due in conn.execute(query)
             ]
 
-    def _stuck(self, now: datetime) -> ColumnElement[bool]:
-        """Per state with a limit: in that state and unchanged for longer (index state, updated_at)."""
-        per_state = [
-            and_(c.state == s.name, c.updated_at < now - s.stuck_after)
+    def _limits(self, now: datetime, state: str | None = None) -> list[tuple[str, datetime]]:
+        """Each state with a limit (or just ``state``) and the time before which its cases are stuck."""
+        return [
+            (s.name, now - s.stuck_after)
             for s in self._lifecycle.states
-            if s.stuck_after is not None and not s.final
+            if s.stuck_after is not None and not s.final and state in (None, s.name)
         ]
-        return or_(*per_state) if per_state else false()
+
+    # Stuck cases are asked state by state and put together, so that each part is a range of the
+    # index (state, updated_at). One query with an OR of the states walked the index of
+    # updated_at from the oldest case instead, through every closed case: 0.4 s at a million.
+
+    def _stuck_count(self, conn: Connection, now: datetime) -> int:
+        parts = [
+            select(func.count().label("n"))
+            .select_from(tb.cases)
+            .where(c.state == name, c.updated_at < before)
+            for name, before in self._limits(now)
+        ]
+        if not parts:
+            return 0
+        counts = union_all(*parts).subquery()
+        return int(conn.scalar(select(func.coalesce(func.sum(counts.c.n), 0))) or 0)
+
+    def _stuck_parts(self, now: datetime, limit: int, state: str | None) -> Subquery | None:
+        parts = [
+            select(c.id, c.state, c.owner_office, c.updated_at)
+            .where(c.state == name, c.updated_at < before)
+            .order_by(c.updated_at, c.id)
+            .limit(limit)
+            .subquery()  # SQLite allows ORDER BY and LIMIT in a compound select only in subqueries
+            for name, before in self._limits(now, state)
+        ]
+        return union_all(*(select(part) for part in parts)).subquery() if parts else None
 
     def stuck_cases(self, now: datetime, limit: int = 200, state: str | None = None) -> list[StuckCase]:
         """The longest-idle cases first, as far as their state allows; ``state``: of that state only."""
         limits = {s.name: s.stuck_after for s in self._lifecycle.states if s.stuck_after is not None}
-        query = (
-            select(c.id, c.state, c.owner_office, c.updated_at)
-            .where(self._stuck(now))
-            .order_by(c.updated_at, c.id)
-            .limit(limit)
-        )
-        if state is not None:
-            query = query.where(c.state == state)
+        stuck = self._stuck_parts(now, limit, state)
+        if stuck is None:
+            return []
+        query = select(stuck).order_by(stuck.c.updated_at, stuck.c.id).limit(limit)
         with self._db.connect() as conn:
             return [
                 StuckCase(
