@@ -18,7 +18,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import select
@@ -29,7 +28,7 @@ from tests.integration.processes import (
     ROOT,
     Popen,
     RedisServer,
-    spawn,
+    start_api,
     start_relay,
     start_worker,
     stop,
@@ -91,23 +90,6 @@ class Deployment:
     inbox: RefusingInbox
 
 
-def _serve(env: dict[str, str], port: int, log: Path) -> Popen:
-    argv = [sys.executable, "-m", "uvicorn", "workflow.api.app:create_app", "--factory"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    server = spawn(argv, log, env)
-
-    def live() -> bool:
-        if server.poll() is not None:
-            raise AssertionError(f"uvicorn exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(live, 30, f"the API on port {port}")
-    return server
-
-
 @pytest.fixture
 def deployment(browser_api: Any, pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
     db = make_engine(pg_url, pool_size=4)
@@ -134,7 +116,7 @@ def deployment(browser_api: Any, pg_url: str, tmp_path: Path) -> Iterator[Deploy
         port = free_port()
         processes: list[Popen] = []
         stack.callback(lambda: [stop(p) for p in reversed(processes)])
-        processes.append(_serve(env, port, tmp_path / "api.log"))
+        processes.append(start_api(env, port, tmp_path / "api.log"))
         worker = start_worker(pg_url, broker.url(), tmp_path / "worker.log", 1, env)
         processes.append(worker)
         processes.append(start_relay(pg_url, broker.url(), tmp_path / "relay.log"))

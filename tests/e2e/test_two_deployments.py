@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from config.settings import Settings
 from tests.conftest import POSTGRES_ADMIN_URL, REQUIRE_SERVICES
-from tests.integration.processes import Popen, spawn, start_relay, start_worker, stop, wait_for
+from tests.integration.processes import Popen, start_api, start_relay, start_worker, stop, wait_for
 from tests.servers import Inbox, free_port, smtp_server
 from tests.support import advance_to
 from workflow.adapters import tables as tb
@@ -121,23 +120,6 @@ def _broker(db: int) -> str:
     return url
 
 
-def _serve(env: dict[str, str], port: int, log: Path) -> Popen:
-    argv = [sys.executable, "-m", "uvicorn", "workflow.api.app:create_app", "--factory"]
-    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    server = spawn(argv, log, env)
-
-    def live() -> bool:
-        if server.poll() is not None:
-            raise AssertionError(f"uvicorn exited with {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(live, 30, f"the API on port {port}")
-    return server
-
-
 @contextmanager
 def _deploy(
     office: str, other: str, ports: dict[str, int], database_url: str, redis_db: int, tmp: Path
@@ -166,7 +148,7 @@ def _deploy(
         }
         deployment = Deployment(office, app, f"http://127.0.0.1:{ports[office]}", inbox)
         try:
-            deployment.processes.append(_serve(env, ports[office], tmp / f"{office}-api.log"))
+            deployment.processes.append(start_api(env, ports[office], tmp / f"{office}-api.log"))
             deployment.processes.append(
                 start_worker(database_url, broker, tmp / f"{office}-worker.log", env=env)
             )

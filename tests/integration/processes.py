@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import redis
 from kombu import Connection
 
@@ -120,6 +121,27 @@ def wait_for_pool(worker: Popen, size: int, timeout: float = 30.0) -> list[int]:
         return found if len(found) == size else []
 
     return wait_for(pool, timeout, f"a pool of {size}")
+
+
+# -- the HTTP API -----------------------------------------------------------------------------
+
+
+def start_api(env: dict[str, str], port: int, log: Path) -> Popen:
+    """uvicorn serving workflow.api.app:create_app on loopback, once its liveness answers."""
+    argv = [sys.executable, "-m", "uvicorn", "workflow.api.app:create_app", "--factory"]
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    server = spawn(argv, log, env)
+
+    def live() -> bool:
+        if server.poll() is not None:
+            raise AssertionError(f"uvicorn exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(live, 30, f"the API on port {port}")
+    return server
 
 
 # -- the outbox relay -------------------------------------------------------------------------
