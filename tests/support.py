@@ -10,6 +10,7 @@ from sqlalchemy import Engine, select
 from workflow.adapters import tables as tb
 from workflow.bootstrap import App
 from workflow.demo import HOUSEHOLD, STEPS, TLL_CASEWORKER
+from workflow.service_layer.effects import Job, runnable_effects
 from workflow.service_layer.transitions import FireResult
 
 
@@ -62,3 +63,18 @@ def advance_to(app: App, state: str, case_id: str | None = None) -> str:
     if app.views.case(case_id)["state"] != state:
         raise AssertionError(f"the seed story never reaches {state}")
     return case_id
+
+
+def jobs_of(app: App, case_id: str) -> list[Job]:
+    """The jobs the workers would run for the case's events, in commit order."""
+    with app.db.connect() as conn:
+        events = conn.execute(
+            select(tb.outbox.c.event_id, tb.outbox.c.event_type)
+            .where(tb.outbox.c.case_id == case_id)
+            .order_by(tb.outbox.c.id)
+        ).all()
+    return [
+        Job(e.event_id, e.event_type, case_id, fx.name)
+        for e in events
+        for fx in runnable_effects(e.event_type)
+    ]

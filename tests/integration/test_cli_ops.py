@@ -24,11 +24,11 @@ from sqlalchemy import func, select, update
 
 from tests.conftest import REQUIRE_SERVICES
 from tests.integration.processes import RedisServer, free_port, queued_jobs, start_worker, stop, wait_for
-from tests.support import FixedClock, advance_to, register
+from tests.support import FixedClock, advance_to, jobs_of, register
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import SqlDeadLetters, SqlJobStore
 from workflow.bootstrap import App
-from workflow.service_layer.effects import Job, runnable_effects
+from workflow.service_layer.effects import Job
 
 ROOT = Path(__file__).resolve().parents[2]
 AVRR = Path(sys.executable).with_name("avrr")  # [project.scripts] in pyproject.toml
@@ -102,18 +102,6 @@ class Avrr:
         out = proc.stdout.read() if proc.stdout else ""
         os.close(master)
         return Run(proc.wait(120), out, err.decode(errors="replace"))
-
-
-def jobs_of(app: App, case_id: str) -> list[Job]:
-    with app.db.connect() as conn:
-        events = conn.execute(
-            select(o.event_id, o.event_type).where(o.case_id == case_id).order_by(o.id)
-        ).all()
-    return [
-        Job(e.event_id, e.event_type, case_id, fx.name)
-        for e in events
-        for fx in runnable_effects(e.event_type)
-    ]
 
 
 def dead_letter(app: App, job: Job, error: str, at: datetime, attempts: int = 1) -> int:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select, update
 
-from tests.support import REGISTRATION, FixedClock, advance_to, register
+from tests.support import REGISTRATION, FixedClock, advance_to, jobs_of, register
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import SqlDeadLetters, SqlJobStore
 from workflow.adapters.ops_views import (
@@ -25,23 +25,10 @@ from workflow.demo import KBP_CASEWORKER, STEPS, TLL_TRAVEL
 from workflow.domain.actors import SYSTEM_ACTOR, Actor, Role
 from workflow.domain.errors import UnknownCase
 from workflow.domain.lifecycle import LIFECYCLE
-from workflow.service_layer.effects import Job, runnable_effects
+from workflow.service_layer.effects import Job
 
 o, t = tb.outbox.c, tb.timers.c
 SECOND = timedelta(seconds=1)
-
-
-def jobs_of(app: App, case_id: str) -> list[Job]:
-    """The jobs the workers would run for the case's events, in commit order."""
-    with app.db.connect() as conn:
-        events = conn.execute(
-            select(o.event_id, o.event_type).where(o.case_id == case_id).order_by(o.id)
-        ).all()
-    return [
-        Job(e.event_id, e.event_type, case_id, fx.name)
-        for e in events
-        for fx in runnable_effects(e.event_type)
-    ]
 
 
 def events_of(app: App, case_id: str) -> list[str]:
