@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from config.settings import Settings
+from tests.integration.processes import RedisServer
 from tests.support import FixedClock
 from workflow.adapters import tables as tb
 from workflow.adapters.db import make_engine
@@ -121,3 +122,14 @@ def pg_app(pg_url: str, clock: FixedClock) -> Iterator[App]:
 def worker_id(request: pytest.FixtureRequest) -> str:
     """pytest-xdist's worker id, or 'main' without xdist."""
     return getattr(request.config, "workerinput", {}).get("workerid", "main")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, on a free port: a shared database number would let
+    another run's workers take this run's messages (and this run's workers theirs)."""
+    if shutil.which("redis-server") is None:
+        (pytest.fail if REQUIRE_SERVICES else pytest.skip)("redis-server is not installed")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -3,10 +3,8 @@ again) and the relay's lag each turn readiness off and on."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 
 from config.settings import Settings
@@ -18,29 +16,21 @@ from workflow.bootstrap import App, bootstrap
 from workflow.domain.actors import Role
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    (tmp_path / "redis").mkdir()
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
 def test_live_answers_without_a_token(app: App) -> None:
     with api_client(app) as api:
         response = api.get("/health/live")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
 
 
-def test_ready_follows_the_broker_stopped_and_started_again(app: App, redis: RedisServer) -> None:
+def test_ready_follows_the_broker_stopped_and_started_again(app: App, redis_server: RedisServer) -> None:
     case_id = register(app).case_id
     auth = bearer(token_for(app, "tll-caseworker", "tallinn", Role.CASEWORKER))
-    with api_client(app, broker_url=redis.url()) as api:
+    with api_client(app, broker_url=redis_server.url()) as api:
         first = api.get("/health/ready")
         assert first.status_code == 200, first.text
         assert first.json() == {"status": "ok", "checks": {"database": "ok", "relay": "ok", "broker": "ok"}}
 
-        redis.stop()
+        redis_server.stop()
         down = api.get("/health/ready")
         assert down.status_code == 503
         assert down.json()["status"] == "unavailable"
@@ -51,7 +41,7 @@ def test_ready_follows_the_broker_stopped_and_started_again(app: App, redis: Red
         assert api.get(f"/cases/{case_id}", headers=auth).status_code == 200
         assert api.get("/cases", headers={"Authorization": "Bearer avrr_wrong"}).status_code == 401
 
-        redis.start()
+        redis_server.start()
         back = api.get("/health/ready")
         assert back.status_code == 200, back.text
         assert back.json()["checks"]["broker"] == "ok"

@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 import schemathesis
@@ -37,10 +36,8 @@ ROUTES = [
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
+def broker(redis_server: RedisServer) -> RedisServer:
+    return redis_server
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -19,7 +18,6 @@ from celery import Celery
 from sqlalchemy import func, insert, select, update
 
 from config.celery import MAX_ATTEMPTS, celery_config
-from tests.conftest import REQUIRE_SERVICES
 from tests.integration.processes import RedisServer
 from tests.servers import Inbox, Receiver, http_receiver, smtp_server
 from tests.support import advance_to
@@ -71,14 +69,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 90.0, what: str = "
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    """A redis-server of this test's own: a shared database number would let another run's
-    workers take this run's messages (and this run's workers theirs)."""
-    if shutil.which("redis-server") is None:
-        (pytest.fail if REQUIRE_SERVICES else pytest.skip)("redis-server is not installed")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server.url()
-    server.stop()
+def broker(redis_server: RedisServer) -> str:
+    return redis_server.url()
 
 
 @pytest.fixture

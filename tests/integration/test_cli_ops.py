@@ -8,12 +8,11 @@ import json
 import os
 import pty
 import re
-import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from tests.conftest import REQUIRE_SERVICES
 from tests.integration.processes import RedisServer, free_port, queued_jobs, start_worker, stop, wait_for
 from tests.support import FixedClock, advance_to, jobs_of, register
 from workflow.adapters import tables as tb
@@ -50,15 +48,6 @@ class Run:
 def clock() -> FixedClock:
     """The command reads the real clock: the story's times are set back from now."""
     return FixedClock(datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1))
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        (pytest.fail if REQUIRE_SERVICES else pytest.skip)("redis-server is not installed")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -65,10 +65,8 @@ def processes() -> Iterator[list[Popen]]:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
+def broker(redis_server: RedisServer) -> RedisServer:
+    return redis_server
 
 
 @pytest.fixture

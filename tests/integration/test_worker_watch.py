@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,27 +14,21 @@ from tests.integration.processes import RedisServer, start_worker, stop, wait_fo
 from workflow.adapters.worker_watch import WorkerInfo, WorkerWatch, _active_job
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    (tmp_path / "redis").mkdir()
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
 def client(broker_url: str) -> Celery:
     app = Celery("avrr-test-watch")
     app.conf.update(celery_config(broker_url))
     return app
 
 
-def test_each_worker_online_with_its_queue_pool_and_processes(redis: RedisServer, tmp_path: Path) -> None:
+def test_each_worker_online_with_its_queue_pool_and_processes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     db_url = f"sqlite:///{tmp_path}/unused.sqlite3"  # no-op tasks touch no database
-    watch = WorkerWatch(client(redis.url()))
+    watch = WorkerWatch(client(redis_server.url()))
     assert watch.workers() == []
 
-    first = start_worker(db_url, redis.url(), tmp_path / "w1.log", concurrency=2)
-    second = start_worker(db_url, redis.url(), tmp_path / "w2.log", concurrency=1)
+    first = start_worker(db_url, redis_server.url(), tmp_path / "w1.log", concurrency=2)
+    second = start_worker(db_url, redis_server.url(), tmp_path / "w2.log", concurrency=1)
     try:
         pids = {first.pid: wait_for_pool(first, 2), second.pid: wait_for_pool(second, 1)}
 
@@ -52,7 +45,7 @@ def test_each_worker_online_with_its_queue_pool_and_processes(redis: RedisServer
             assert worker.concurrency == len(worker.pids)
             assert worker.name.startswith("test-")
 
-        sender = client(redis.url())
+        sender = client(redis_server.url())
         for n in range(5):
             sender.send_task("avrr.noop", args=[n], queue="avrr")
 
@@ -67,9 +60,9 @@ def test_each_worker_online_with_its_queue_pool_and_processes(redis: RedisServer
     assert wait_for(lambda: watch.workers() == [] or None, 30, "no worker online")
 
 
-def test_an_unreachable_broker_fails_fast(redis: RedisServer) -> None:
-    url = redis.url()
-    redis.stop()
+def test_an_unreachable_broker_fails_fast(redis_server: RedisServer) -> None:
+    url = redis_server.url()
+    redis_server.stop()
     started = time.monotonic()
     with pytest.raises(OperationalError):
         WorkerWatch(client(url)).workers()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 import time
@@ -14,7 +13,6 @@ from celery import Celery
 from sqlalchemy import func, select
 
 from config.celery import celery_config
-from tests.conftest import REQUIRE_SERVICES
 from tests.integration.processes import RedisServer, start_worker, stop, wait_for
 from tests.servers import smtp_server
 from tests.support import advance_to
@@ -31,14 +29,8 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[str]:
-    """A redis-server of this test's own: a shared database number would let another run's
-    workers take this run's messages (and this run's workers theirs)."""
-    if shutil.which("redis-server") is None:
-        (pytest.fail if REQUIRE_SERVICES else pytest.skip)("redis-server is not installed")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server.url()
-    server.stop()
+def broker(redis_server: RedisServer) -> str:
+    return redis_server.url()
 
 
 @pytest.fixture
