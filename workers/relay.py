@@ -15,9 +15,9 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError as DatabaseError
 
-from workers.jobs import send_job
+from workers.jobs import send_event
 from workflow.adapters.relay import OutboxMessage, OutboxRelay
-from workflow.service_layer.effects import Job, runnable_effects
+from workflow.service_layer.effects import Event, runnable_effects
 
 log = structlog.get_logger(__name__)
 CHANNEL = "avrr_outbox"
@@ -30,7 +30,7 @@ PUBLISH_BATCH = 500
 
 
 def celery_publisher(app: Celery) -> Callable[[Sequence[OutboxMessage]], None]:
-    """One message per runnable effect of each event, on one producer connection per batch,
+    """One message per event that has runnable effects, on one producer connection per batch,
     sent together in a Redis pipeline when the batch is complete (kombu's Producer.batch).
 
     A failed pipeline raises (kombu's BatchPublishError: some of it may have gone out); the
@@ -40,9 +40,8 @@ def celery_publisher(app: Celery) -> Callable[[Sequence[OutboxMessage]], None]:
     def publish(batch: Sequence[OutboxMessage]) -> None:
         with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
             for m in batch:
-                for effect in runnable_effects(m.event_type):
-                    job = Job(m.event_id, m.event_type, m.case_id, effect.name, m.occurred_at)
-                    send_job(app, job, producer)
+                if runnable_effects(m.event_type):
+                    send_event(app, Event(m.event_id, m.event_type, m.case_id, m.occurred_at), producer)
 
     return publish
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import structlog
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
@@ -16,7 +17,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from config.celery import MAX_ATTEMPTS, RETRY_BACKOFF_MAX
 from workers.app import app
 from workflow.bootstrap import bootstrap, effect_runner
-from workflow.service_layer.effects import EffectRunner, Job
+from workflow.service_layer.effects import EffectRunner, Event, Job
 from workflow.service_layer.notifications import TransientDeliveryError
 
 log = structlog.get_logger(__name__)
@@ -34,14 +35,35 @@ def _runner() -> EffectRunner:
     return effect_runner(_db(), MAX_ATTEMPTS)
 
 
+def _error(exc: BaseException) -> str:
+    # The error's type and its own short text: channels never put addresses or bodies in it.
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def _give_up(job: Job, error: str, kind: str) -> None:
+    _runner().give_up(job, error)
+    log.error("job.dead_lettered", event_id=job.event_id, effect=job.effect, error=kind)
+
+
 class EffectTask(Task):  # type: ignore[misc]
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """Retries are spent, or the error is not transient: the job goes to the dead letters."""
-        job = Job(*args)
-        # The error's type and its own short text: channels never put addresses or bodies in it.
-        error = f"{type(exc).__name__}: {exc}"[:500]
-        _runner().give_up(job, error)
-        log.error("job.dead_lettered", event_id=job.event_id, effect=job.effect, error=type(exc).__name__)
+        _give_up(Job(*args), _error(exc), type(exc).__name__)
+
+
+class JobsDeadLettered(Exception):
+    """Raised by an event's task after it filed some of its jobs in the dead letters, so that the
+    task counts as failed (Flower, avrr_task_failures_total); its other jobs are done."""
+
+
+class EventTask(Task):  # type: ignore[misc]
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """The event's run failed outside its jobs (an error nobody expected): each of its
+        unfinished jobs goes to the dead letters. Jobs already filed are not filed again."""
+        if isinstance(exc, JobsDeadLettered):
+            return
+        for job in Event(*args).jobs():
+            _give_up(job, _error(exc), type(exc).__name__)
 
 
 def backoff(retries: int, retry_after: float | None = None) -> float:
@@ -63,3 +85,44 @@ def run_effect(
         delay = backoff(self.request.retries, getattr(exc, "retry_after", None))
         log.warning("job.retrying", effect=effect, error=type(exc).__name__, retry_in=round(delay, 2))
         raise self.retry(exc=exc, countdown=delay) from None
+
+
+@app.task(name="avrr.events.handle", base=EventTask, bind=True, max_retries=MAX_ATTEMPTS - 1)
+def handle_event(
+    self: Task, event_id: str, event_type: str, case_id: str, occurred_at: str | None = None
+) -> str:
+    """Every effect of one event, each its own job. A job with a permanent error is dead-lettered
+    at once; transient errors retry the event (its done jobs are skipped), and the jobs still
+    failing when the retries are spent are dead-lettered. A time limit ends the run: the job
+    that ran out is dead-lettered, the jobs after it go with the retry. An event with a job in
+    the dead letters ends as a failed task (JobsDeadLettered), once its other jobs are done."""
+    structlog.contextvars.bind_contextvars(event_id=event_id, case_id=case_id)
+    committed = datetime.fromisoformat(occurred_at) if occurred_at else None
+    try:
+        outcome = _runner().run_event(
+            Event(event_id, event_type, case_id, committed), stop_on=(SoftTimeLimitExceeded,)
+        )
+    except TRANSIENT as exc:  # the jobs' rows could not be opened: nothing ran
+        delay = backoff(self.request.retries)
+        log.warning("event.retrying", error=type(exc).__name__, retry_in=round(delay, 2))
+        raise self.retry(exc=exc, countdown=delay) from None
+    transient = [(job, error) for job, error in outcome.failures if isinstance(error, TRANSIENT)]
+    for job, error in outcome.failures:
+        if not isinstance(error, TRANSIENT):
+            _give_up(job, _error(error), type(error).__name__)
+    dead = [job.effect for job, error in outcome.failures if not isinstance(error, TRANSIENT)]
+    if not transient and not outcome.not_run:
+        if dead:
+            raise JobsDeadLettered(", ".join(dead))
+        return "done"
+    if self.request.retries >= self.max_retries:
+        for job, error in transient:
+            _give_up(job, _error(error), type(error).__name__)
+        for job in outcome.not_run:
+            _give_up(job, "not run: the event's retries ran out", "NotRun")
+        raise JobsDeadLettered(", ".join(dead + [job.effect for job, _ in transient]))
+    waits = [getattr(error, "retry_after", None) for _, error in transient]
+    delay = max((backoff(self.request.retries, w) for w in waits), default=backoff(self.request.retries))
+    for job, error in transient:
+        log.warning("job.retrying", effect=job.effect, error=type(error).__name__, retry_in=round(delay, 2))
+    raise self.retry(countdown=delay)

@@ -235,7 +235,8 @@ QUEUE = "avrr"
 
 
 def job_args(message: Mapping[str, object]) -> tuple[str, ...]:
-    """(event_id, event_type, case_id, effect) of one Celery message (protocol 2, JSON body)."""
+    """The positional arguments of one Celery message (protocol 2, JSON body): (event_id,
+    event_type, case_id) for an event's message, and the effect after them for one job's."""
     body = json.loads(base64.b64decode(str(message["body"])))
     return tuple(body[0])
 

@@ -24,7 +24,7 @@ from workflow.adapters.templates import default_templates
 from workflow.bootstrap import App
 from workflow.demo import HOUSEHOLD
 from workflow.domain.effects import NOTIFY_FAMILY, NOTIFY_OFFICE
-from workflow.service_layer.effects import EffectRunner, Job, runnable_effects
+from workflow.service_layer.effects import EffectRunner, Event, Job, runnable_effects
 from workflow.service_layer.notifications import (
     EMAIL,
     SMS,
@@ -183,6 +183,64 @@ def test_a_permanent_failure_is_dead_lettered_and_replay_delivers_it_once(
     assert len(box.received()) == 1
     assert len(sms_lines(sink)) == 1  # the SMS had gone out before the failure: not sent again
     assert SqlDeadLetters(app.db).open() == []
+
+
+def approval(app: App, case_id: str) -> Event:
+    """ReturnApproved: the family's notice (SMS and e-mail), then a task for the origin office."""
+    job = next(j for j in jobs_of(app, case_id) if j.event_type == "ReturnApproved")
+    return Event(job.event_id, job.event_type, job.case_id)
+
+
+def job_rows(app: App, event_id: str) -> dict[str, tuple[str, int]]:
+    j = tb.jobs.c
+    with app.db.connect() as conn:
+        rows = conn.execute(select(j.effect, j.status, j.attempts).where(j.event_id == event_id))
+        return {effect: (status, attempts) for effect, status, attempts in rows}
+
+
+def test_an_event_runs_every_job_and_a_failing_one_holds_up_no_other(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    port, box = inbox
+    set_offices(app)
+    case_id = advance_to(app, "return_approved")
+    event = approval(app, case_id)
+    notice, task = (j.effect for j in event.jobs())
+    assert notice.startswith("notify_family:") and task.startswith("create_task:")
+    run = runner(app, port, sink)
+    box.rcpt_reply = "451 4.3.0 mailbox busy, try later"
+
+    first = run.run_event(event)
+    assert [(job.effect, type(error)) for job, error in first.failures] == [(notice, TransientDeliveryError)]
+    assert first.not_run == ()
+    # The notice failed after its SMS; the task after it was still made.
+    assert job_rows(app, event.event_id) == {notice: ("running", 1), task: ("done", 1)}
+    assert len(sms_lines(sink)) == 1 and box.received() == []
+
+    box.rcpt_reply = None  # what the event's retry finds
+    assert run.run_event(event).failures == ()
+    assert run.run_event(event).failures == ()  # a redelivery of the whole event does nothing
+    # The done task was skipped, not counted again; the notice took a second attempt.
+    assert job_rows(app, event.event_id) == {notice: ("done", 2), task: ("done", 1)}
+    assert len(sms_lines(sink)) == 1 and len(box.received()) == 1
+    with app.db.connect() as conn:
+        kinds = conn.scalars(select(tb.tasks.c.kind).where(tb.tasks.c.source_event_id == event.event_id))
+        assert list(kinds) == ["request_travel_documents"]
+
+
+def test_an_error_the_caller_stops_on_leaves_the_jobs_after_it_not_run(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    port, box = inbox
+    set_offices(app)
+    event = approval(app, advance_to(app, "return_approved"))
+    notice, task = event.jobs()
+    box.rcpt_reply = "550 5.1.1 no such mailbox"
+
+    outcome = runner(app, port, sink).run_event(event, stop_on=(PermanentDeliveryError,))
+    assert [(job, type(error)) for job, error in outcome.failures] == [(notice, PermanentDeliveryError)]
+    assert outcome.not_run == (task,)
+    assert job_rows(app, event.event_id) == {notice.effect: ("running", 1)}  # the task's job never started
 
 
 def test_replay_that_cannot_publish_leaves_the_dead_letter_open(app: App) -> None:

@@ -28,7 +28,7 @@ from workflow.adapters import tables as tb
 from workflow.bootstrap import App
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-EFFECT_TASK = "avrr.effects.run"
+EVENT_TASK = "avrr.events.handle"  # one task per event; this test's events have one job each
 NOTICE = "notify_family:inquiry_registered:origin"  # InquiryRegistered's one job
 
 
@@ -145,9 +145,7 @@ def test_metrics_move_when_transitions_fire_and_jobs_fail(running: Running, tmp_
         running.inbox.rcpt_reply = "451 4.3.0 try again later"
         running.register(2, caseworker)
         wait_for(
-            lambda: delta(
-                worker_before, running.scrape_worker(), "avrr_task_retries_total", task=EFFECT_TASK
-            ),
+            lambda: delta(worker_before, running.scrape_worker(), "avrr_task_retries_total", task=EVENT_TASK),
             30,
             "a retry",
         )
@@ -160,7 +158,7 @@ def test_metrics_move_when_transitions_fire_and_jobs_fail(running: Running, tmp_
     assert (done, dead) == (2, 2)
     after = scraped_when(
         running.scrape_worker,
-        lambda s: delta(worker_before, s, "avrr_task_failures_total", task=EFFECT_TASK) == dead,
+        lambda s: delta(worker_before, s, "avrr_task_failures_total", task=EVENT_TASK) == dead,
         "the failures in the worker's metrics",
     )
     moved = {
@@ -168,7 +166,7 @@ def test_metrics_move_when_transitions_fire_and_jobs_fail(running: Running, tmp_
         for name, labels in {
             "avrr_jobs_finished_total": {"effect": NOTICE, "outcome": "done"},
             "avrr_effect_latency_seconds_count": {"effect": NOTICE},
-            "avrr_task_failures_total": {"task": EFFECT_TASK},
+            "avrr_task_failures_total": {"task": EVENT_TASK},
         }.items()
     }
     assert moved == {
@@ -178,13 +176,13 @@ def test_metrics_move_when_transitions_fire_and_jobs_fail(running: Running, tmp_
     }
     assert delta(worker_before, after, "avrr_jobs_finished_total", effect=NOTICE, outcome="dead") == dead
     assert delta(worker_before, after, "avrr_effect_latency_seconds_sum", effect=NOTICE) > 0
-    retries = delta(worker_before, after, "avrr_task_retries_total", task=EFFECT_TASK)
+    retries = delta(worker_before, after, "avrr_task_retries_total", task=EVENT_TASK)
     runs = {
-        outcome: delta(worker_before, after, "avrr_task_runs_total", task=EFFECT_TASK, outcome=outcome)
+        outcome: delta(worker_before, after, "avrr_task_runs_total", task=EVENT_TASK, outcome=outcome)
         for outcome in ("success", "retry", "failure")
     }
     assert retries >= 1 and runs == {"success": done, "retry": retries, "failure": dead}
-    assert delta(worker_before, after, "avrr_task_duration_seconds_count", task=EFFECT_TASK) == sum(
+    assert delta(worker_before, after, "avrr_task_duration_seconds_count", task=EVENT_TASK) == sum(
         runs.values()
     )
     heartbeat = value(after, "avrr_worker_heartbeat_timestamp_seconds", worker=running.node)

@@ -88,5 +88,14 @@ def test_an_effect_job_shows_its_ids_only() -> None:
         42,
     )
     assert job.started_at is not None and job.started_at.timestamp() == 1_795_000_000.5
+    event = _active_job(
+        {"name": "avrr.events.handle", "args": ["event-2", "TravelRebooked", "case-2"], "time_start": None}
+    )
+    assert (event.effect, event.event_type, event.case_id, event.event_id) == (
+        None,
+        "TravelRebooked",
+        "case-2",
+        "event-2",
+    )
     other = _active_job({"name": "avrr.timers.fire_due", "args": [], "time_start": None})
-    assert (other.effect, other.case_id, other.started_at) == (None, None, None)
+    assert (other.effect, other.event_type, other.case_id, other.started_at) == (None, None, None, None)

@@ -18,12 +18,14 @@ from tests.servers import smtp_server
 from tests.support import advance_to
 from workers import relay
 from workflow.adapters import tables as tb
+from workflow.adapters.channels.smtp import message_id
 from workflow.adapters.clock import SystemClock
 from workflow.adapters.jobs import SqlJobStore
 from workflow.bootstrap import App
 from workflow.domain.effects import CREATE_TASK
 from workflow.domain.lifecycle import LIFECYCLE
 from workflow.service_layer.effects import EffectRunner, Job, runnable_effects
+from workflow.service_layer.notifications import idempotency_key
 
 pytestmark = pytest.mark.postgres
 
@@ -107,3 +109,49 @@ def test_a_job_that_keeps_dying_is_dead_lettered_after_its_attempt_cap(pg_app: A
 
     assert outcome == "dead"
     assert _tasks(pg_app, case_id) == []
+
+
+def _jobs(app: App, event_id: str) -> dict[str, tuple[str, int]]:
+    j = tb.jobs.c
+    with app.db.connect() as conn:
+        rows = conn.execute(select(j.effect, j.status, j.attempts).where(j.event_id == event_id))
+        return {effect: (status, attempts) for effect, status, attempts in rows}
+
+
+def test_one_message_per_event_retries_the_failing_job_and_leaves_its_done_task_alone(
+    pg_app: App, pg_url: str, broker: str, relay_thread: threading.Event, tmp_path: Path
+) -> None:
+    """ReturnApproved's message carries two jobs: the family's notice, then the office's task. The
+    SMTP server refuses for now (4xx): the task is made at once, the event's task retries for the
+    notice alone, which goes out once the server takes mail again."""
+    with smtp_server() as (smtp, inbox):
+        inbox.rcpt_reply = "451 4.3.0 try again later"
+        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
+        proc = start_worker(pg_url, broker, tmp_path / "worker.log", 2, env)
+        try:
+            case_id = advance_to(pg_app, "return_approved")
+            with pg_app.db.connect() as conn:
+                event_id = conn.scalar(
+                    select(tb.outbox.c.event_id).where(
+                        tb.outbox.c.case_id == case_id, tb.outbox.c.event_type == "ReturnApproved"
+                    )
+                )
+            notice, task = (e.name for e in runnable_effects("ReturnApproved"))
+            wait_for(
+                lambda: _jobs(pg_app, event_id).get(notice, ("", 0))[1] >= 2, 30, "a retry of the notice"
+            )
+            assert _jobs(pg_app, event_id)[task] == ("done", 1)
+            assert _tasks(pg_app, case_id) == ["request_travel_documents"]
+
+            inbox.rcpt_reply = None  # the server takes mail again
+            wait_for(lambda: _jobs(pg_app, event_id)[notice][0] == "done", 30, "the notice sent")
+            time.sleep(1.0)  # a duplicate would arrive by now
+            rows = _jobs(pg_app, event_id)
+            assert rows[task] == ("done", 1) and rows[notice][1] >= 2
+            assert _tasks(pg_app, case_id) == ["request_travel_documents"]
+            # The notice's Message-ID, whatever the sender's domain: "<avrr.{key's hash}@".
+            mine = message_id(idempotency_key(event_id, notice), "any@where").split("@")[0] + "@"
+            assert len([m for m in inbox.received() if str(m["Message-ID"]).startswith(mine)]) == 1
+            assert "avrr.events.handle" in (tmp_path / "worker.log").read_text(errors="replace")
+        finally:
+            stop(proc, 30)

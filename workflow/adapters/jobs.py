@@ -9,7 +9,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, bindparam, insert, literal, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    exists,
+    insert,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -97,7 +108,7 @@ class _Statements:
         self.record_and_finish = self.finish.add_cte(self.record.cte("recorded"))
         cs, ts = tb.cases.c, tb.tasks.c
         self.task = {
-            side: insert(tb.tasks).from_select(
+            side: insert_(tb.tasks).from_select(
                 ["id", "case_id", "kind", "status", "office", "due_on", "source_event_id", "created_at"],
                 select(
                     bindparam("p_task_id", type_=ts.id.type),
@@ -111,6 +122,20 @@ class _Statements:
                 ).where(cs.id == bindparam("p_case_id")),
             )
             for side in (DESTINATION, "origin")
+        }
+        # PostgreSQL: the task and the job's done in one statement (one round trip, atomic).
+        # No row back when neither write happened: the case is not there, or another delivery
+        # of the job made the task first (it waits for that one to commit, then skips).
+        self.task_and_finish = {
+            side: self.finish.where(
+                exists(
+                    insert_task.on_conflict_do_nothing(index_elements=[ts.source_event_id, ts.kind])
+                    .returning(ts.id)
+                    .cte(f"task_{side}")
+                    .select()
+                )
+            ).returning(j.attempts)
+            for side, insert_task in self.task.items()
         }
 
 
@@ -129,13 +154,14 @@ def _params(job: Job, now: datetime, **more: Any) -> dict[str, Any]:
 
 
 class SqlJobStore:
-    """One instance per job run (``EffectRunner`` builds one each time), so it may remember
-    what ``start`` learnt about the job.
+    """One instance per run (``EffectRunner`` builds one for each event or job), so it may
+    remember what ``start`` learnt about the jobs.
 
-    Round trips are what a job costs: statements that stand alone run in autocommit on
-    PostgreSQL (no BEGIN/COMMIT around them). The task of a ``create_task`` job and the job's
-    ``done`` are one explicit transaction, committed by the worker: if the worker dies while
-    the INSERT waits for a lock, the server rolls it back instead of finishing it alone."""
+    Round trips are what a job costs: statements stand alone in autocommit on PostgreSQL (no
+    BEGIN/COMMIT around them). The task of a ``create_task`` job and the job's ``done`` are one
+    statement there: if the worker dies while it runs, the server may still finish it, and then
+    both writes happened together; a redelivery waits for the job row's lock and finds it done
+    (the tasks' unique (source_event_id, kind) stands behind that)."""
 
     def __init__(self, db: Engine) -> None:
         self._db = db
@@ -166,12 +192,22 @@ class SqlJobStore:
         raise RuntimeError(f"job {job.event_id}/{job.effect} keeps changing under start()")
 
     def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
-        """The task and the job's ``done`` in one transaction (BEGIN, 2 statements, COMMIT)."""
+        """The task and the job's ``done`` atomically: one statement on PostgreSQL, one
+        transaction of two on SQLite."""
         due = (now + timedelta(days=effect.due_in_days)).date() if effect.due_in_days else None
         params = _params(job, now, task_id=str(uuid.uuid4()), kind=effect.subject, due_on=due)
+        side = DESTINATION if effect.side == DESTINATION else "origin"
+        if self._db.dialect.name == "postgresql":
+            with autocommit(self._db) as conn:
+                done = conn.execute(
+                    self._sql.task_and_finish[side], {**params, "p_status": "done", "p_error": None}
+                ).first()
+                if done is None and conn.scalar(self._sql.status, params) != "done":
+                    raise LookupError(f"case {job.case_id} not found for task {effect.subject}")
+            return
         with writing(self._db) as conn:
             inserted = conn.execute(
-                self._sql.task[DESTINATION if effect.side == DESTINATION else "origin"],
+                self._sql.task[side],
                 params,
                 execution_options={"preserve_rowcount": True},
             )

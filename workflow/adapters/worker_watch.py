@@ -14,7 +14,8 @@ from typing import Any
 
 from celery import Celery
 
-EFFECT_TASK = "avrr.effects.run"
+EFFECT_TASK = "avrr.effects.run"  # args: event_id, event_type, case_id, effect
+EVENT_TASK = "avrr.events.handle"  # args: event_id, event_type, case_id (its effects in turn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class ActiveJob:
     event_id: str | None
     started_at: datetime | None
     worker_pid: int | None
+    event_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,15 +42,18 @@ class WorkerInfo:
 
 def _active_job(request: Mapping[str, Any]) -> ActiveJob:
     args: Sequence[Any] = request.get("args") or ()
-    is_effect = request.get("name") == EFFECT_TASK and len(args) >= 4
+    name = request.get("name")
+    is_effect = name == EFFECT_TASK and len(args) >= 4
+    is_event = is_effect or (name == EVENT_TASK and len(args) >= 3)
     started = request.get("time_start")
     return ActiveJob(
-        task=str(request.get("name")),
+        task=str(name),
         effect=str(args[3]) if is_effect else None,
-        case_id=str(args[2]) if is_effect else None,
-        event_id=str(args[0]) if is_effect else None,
+        case_id=str(args[2]) if is_event else None,
+        event_id=str(args[0]) if is_event else None,
         started_at=datetime.fromtimestamp(started, UTC) if isinstance(started, int | float) else None,
         worker_pid=request.get("worker_pid"),
+        event_type=str(args[1]) if is_event else None,
     )
 
 

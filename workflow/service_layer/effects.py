@@ -68,6 +68,31 @@ class Facts:
     values: Mapping[str, object] = field(default_factory=dict)  # every template key's value
 
 
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One committed event, as one message carries it to the workers: its jobs run in turn."""
+
+    event_id: str
+    event_type: str
+    case_id: str
+    occurred_at: datetime | None = field(default=None, compare=False)
+
+    def jobs(self) -> tuple[Job, ...]:
+        return tuple(
+            Job(self.event_id, self.event_type, self.case_id, effect.name, self.occurred_at)
+            for effect in runnable_effects(self.event_type)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventRun:
+    """What an event's run left to do: the jobs that raised (with their error), and the jobs not
+    started because an error in ``stop_on`` ended the run early."""
+
+    failures: tuple[tuple[Job, Exception], ...] = ()
+    not_run: tuple[Job, ...] = ()
+
+
 class JobStore(Protocol):
     def start(self, job: Job, now: datetime) -> tuple[str, int]:
         """Counts an attempt (committed at once, so a crash still counts); returns status, attempts."""
@@ -126,10 +151,32 @@ class EffectRunner:
         self._observer = observer or NoObserver()
 
     def run(self, job: Job) -> str:
+        """One job on its own (a replayed dead letter): raises what the job raised."""
+        return self._run(self._jobs(), job, {})
+
+    def run_event(self, event: Event, stop_on: tuple[type[Exception], ...] = ()) -> EventRun:
+        """Every runnable effect of the event, in the effect table's order, each as its own job
+        (own row, attempts and outcome; a done job is skipped on a redelivery). A job that
+        raises does not hold up the others: its error is returned for the caller to retry or
+        dead-letter. An error in ``stop_on`` (a time limit) ends the run: the jobs after it
+        are returned as not run."""
+        jobs = event.jobs()
+        store = self._jobs()
+        facts: dict[str, Facts] = {}  # by side: one read of the case for the event's notices
+        failures: list[tuple[Job, Exception]] = []
+        for index, job in enumerate(jobs):
+            try:
+                self._run(store, job, facts)
+            except Exception as exc:
+                failures.append((job, exc))
+                if isinstance(exc, stop_on):
+                    return EventRun(tuple(failures), jobs[index + 1 :])
+        return EventRun(tuple(failures))
+
+    def _run(self, store: JobStore, job: Job, facts: dict[str, Facts]) -> str:
         effect = effect_named(job.event_type, job.effect)
         if effect is None:
             raise UnknownEffect(job.effect)
-        store = self._jobs()
         status, attempts = store.start(job, self._clock.now())
         if status in ("done", "dead"):
             return status  # a redelivery or a replay of a finished job does nothing
@@ -141,7 +188,7 @@ class EffectRunner:
         if effect.kind == CREATE_TASK:
             store.create_task_once(job, effect, self._clock.now())
         else:
-            last = self._send(store, job, effect)
+            last = self._send(store, job, effect, facts)
             store.finish(job, "done", None, self._clock.now(), delivered=last)
         log.info("job.done", event_id=job.event_id, case_id=job.case_id, effect=job.effect, attempts=attempts)
         self._observer.job_finished(job.effect, "done", self._latency(job))
@@ -158,11 +205,13 @@ class EffectRunner:
         committed = job.occurred_at if job.occurred_at.tzinfo else job.occurred_at.replace(tzinfo=UTC)
         return max(0.0, (self._clock.now() - committed).total_seconds())
 
-    def _send(self, store: JobStore, job: Job, effect: Effect) -> str | None:
+    def _send(self, store: JobStore, job: Job, effect: Effect, read: dict[str, Facts]) -> str | None:
         """Sends on each channel not done yet; returns the last channel sent, not yet recorded."""
         if self._facts is None or self._renderer is None:
             raise UnknownEffect(effect.kind)
-        facts = self._facts.facts(job, effect.side)
+        facts = read.get(effect.side)
+        if facts is None:
+            facts = read[effect.side] = self._facts.facts(job, effect.side)
         if effect.kind == NOTIFY_FAMILY:
             template, language = f"family.{effect.subject}", facts.family_language
             targets = dict(facts.family_contacts)

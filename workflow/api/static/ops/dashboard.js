@@ -229,7 +229,7 @@
       const processed = Object.entries(w.processed).map(([task, n]) => `${task}: ${n}`).join(", ");
       const current = el("td", {});
       for (const job of w.active) {
-        const item = el("div", { "data-testid": "active-job" }, job.effect || job.task);
+        const item = el("div", { "data-testid": "active-job" }, job.effect || job.event_type || job.task);
         if (job.case_id) item.append(" · ", caseLink(job.case_id));
         if (job.started_at) item.append(` · since ${clock(new Date(job.started_at))}`);
         current.append(item);
