@@ -82,6 +82,47 @@ def test_an_email_arrives_with_its_subject_body_and_a_message_id_from_the_key(
     assert inbox.envelopes[0].rcpt_tos == ["family@example.org"]
 
 
+def test_text_in_any_language_arrives_as_written_and_ascii_goes_plain(
+    smtp: tuple[SmtpChannel, Inbox], smtp_server: tuple[Controller, Inbox]
+) -> None:
+    channel, inbox = smtp
+    subject = "Reisi kinnitus / Підтвердження поїздки / Подтверждение поездки " * 2
+    body = "Tere!\nÜks rida.\nЩе один рядок.\n"  # noqa: RUF001
+    sent = Message("family@example.org", EMAIL, subject, body, "et", "k/1")
+    plain = Message("family@example.org", EMAIL, "Plain", "Line one.\nLine two.\n", "en", "k/2")
+    named = "Таллінн AVRR <noreply@avrr.example.org>"
+    SmtpChannel("127.0.0.1", smtp_server[0].port, named).send(sent)
+    channel.send(plain)
+    received, ascii_only = inbox.received()
+    assert received["Subject"] == subject
+    (sender,) = received["From"].addresses
+    assert (sender.display_name, sender.addr_spec) == ("Таллінн AVRR", "noreply@avrr.example.org")
+    assert received.get_content() == body.replace("\n", "\r\n")
+    assert inbox.envelopes[0].mail_from == "noreply@avrr.example.org"
+    assert ascii_only["Content-Transfer-Encoding"] == "7bit"
+    assert ascii_only.get_content().replace("\r\n", "\n") == plain.body
+    # Every line on the wire is short enough for any server (RFC 5322: 78 recommended, 998 at most).
+    assert max(len(line) for line in inbox.envelopes[0].content.splitlines()) <= 78
+
+
+@pytest.mark.parametrize(
+    ("recipient", "subject"),
+    [
+        ("family@example.org", "Hello\r\nBcc: someone@example.org"),
+        ("family@example.org, other@example.org", "Hello"),
+        ("Family <family@example.org>\nBcc: x@example.org", "Hello"),
+        ("not an address", "Hello"),
+    ],
+)
+def test_a_header_that_would_smuggle_a_line_or_a_second_address_is_refused_for_good(
+    smtp: tuple[SmtpChannel, Inbox], recipient: str, subject: str
+) -> None:
+    channel, inbox = smtp
+    with pytest.raises(PermanentDeliveryError, match="unsendable header"):
+        channel.send(Message(recipient, EMAIL, subject, "body", "en", "k/3"))
+    assert inbox.envelopes == []
+
+
 def test_a_resend_carries_the_same_message_id_and_another_event_a_different_one(
     smtp: tuple[SmtpChannel, Inbox],
 ) -> None:

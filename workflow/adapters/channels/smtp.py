@@ -3,16 +3,15 @@ idempotency key."""
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import os
 import smtplib
 import ssl
 import threading
 import time
-from email.headerregistry import BaseHeader, HeaderRegistry
-from email.message import EmailMessage
-from email.policy import default as default_policy
-from email.utils import formatdate, parseaddr
+from email.header import Header
+from email.utils import formataddr, formatdate, parseaddr
 
 import structlog
 
@@ -32,24 +31,39 @@ IDLE_SECONDS = 30.0
 MESSAGES_PER_CONNECTION = 100
 
 
-class _KeptHeaderClasses(HeaderRegistry):
-    """The standard registry, keeping the class it makes per header name: the stock one makes
-    a new class (``type(...)``) for every header of every message, a third of the time it takes
-    to build an e-mail. Headers behave exactly as with ``email.policy.default``."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._made: dict[str, type[BaseHeader]] = {}
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        key = name.lower()
-        made = self._made.get(key)
-        if made is None:
-            made = self._made[key] = super().__getitem__(name)
-        return made
+CRLF = "\r\n"
+# Base64 lines as RFC 2045 sets them (76 characters), each ended by CRLF.
+BASE64_LINE = 57  # bytes of input per line of output
 
 
-POLICY = default_policy.clone(header_factory=_KeptHeaderClasses())
+def _header(name: str, value: str) -> str:
+    """One header line: ASCII as it is, anything else as RFC 2047 encoded words (UTF-8, folded).
+    A line break in a value would start a header of its own: refused, and it would be the same
+    next time."""
+    if "\r" in value or "\n" in value:
+        raise PermanentDeliveryError(f"unsendable header: a line break in {name}")
+    if not value.isascii():
+        value = Header(value, "utf-8", header_name=name).encode(linesep=CRLF)
+    return f"{name}: {value}"
+
+
+def _address(value: str) -> str:
+    """The one recipient, as a bare address: nothing else may travel in To or the envelope."""
+    _, address = parseaddr(value)
+    if not address or address != value.strip() or "@" not in address or not address.isascii():
+        raise PermanentDeliveryError("unsendable header: To is not one plain address")
+    return address
+
+
+def _body(text: str) -> tuple[str, bytes]:
+    """The body and its transfer encoding: plain 7-bit ASCII as it is (CRLF line ends), anything
+    else as UTF-8 in base64."""
+    lines = text.splitlines()
+    if text.isascii() and all(len(line) <= 998 for line in lines):
+        return "7bit", (CRLF.join(lines) + CRLF).encode("ascii")
+    raw = (CRLF.join(lines) + CRLF).encode("utf-8")  # text in canonical form: CRLF line ends
+    chunks = (raw[i : i + BASE64_LINE] for i in range(0, len(raw), BASE64_LINE))
+    return "base64", b"".join(binascii.b2a_base64(chunk, newline=False) + b"\r\n" for chunk in chunks)
 
 
 def message_id(idempotency_key: str, from_address: str) -> str:
@@ -77,33 +91,43 @@ class SmtpChannel:
         timeout: float = 10.0,
     ) -> None:
         self._host, self._port, self._from = host, port, from_address
+        name, address = parseaddr(from_address)
+        self._envelope_from = address or from_address
+        # A display name in UTF-8 is encoded on its own; the address itself stays as it is.
+        self._from_header = _header("From", formataddr((name, address)) if address else from_address)
         self._username, self._password = username, password
         self._starttls, self._timeout = starttls, timeout
         self._lock = threading.Lock()  # one SMTP session: one message at a time
         self._smtp: smtplib.SMTP | None = None
         self._pid, self._used, self._last_used = 0, 0, 0.0
 
-    def build(self, message: Message) -> EmailMessage:
-        email = EmailMessage(policy=POLICY)
-        try:
-            email["From"] = self._from
-            email["To"] = message.recipient
-            email["Subject"] = message.subject
-        except ValueError as exc:  # a newline or a malformed address: the same next time
-            raise PermanentDeliveryError(f"unsendable header: {type(exc).__name__}") from None
-        email["Message-ID"] = message_id(message.idempotency_key, self._from)
-        email["Date"] = formatdate(localtime=False, usegmt=True)
-        email.set_content(message.body)  # before Content-Language: it drops any Content-* header
-        email["Content-Language"] = message.language
-        email[IDEMPOTENCY_HEADER] = message.idempotency_key
-        return email
+    def build(self, message: Message) -> tuple[str, bytes]:
+        """The recipient's address and the message as it goes over the wire. Written out by
+        hand, not through ``email.message.EmailMessage``: building and flattening one with the
+        standard library's modern policy took a third of a worker's CPU per job
+        (bench/pipeline.py); what a mail reader sees is the same."""
+        recipient = _address(message.recipient)
+        encoding, body = _body(message.body)
+        headers = [
+            self._from_header,
+            f"To: {recipient}",
+            _header("Subject", message.subject),
+            f"Message-ID: {message_id(message.idempotency_key, self._from)}",
+            f"Date: {formatdate(localtime=False, usegmt=True)}",
+            "MIME-Version: 1.0",
+            'Content-Type: text/plain; charset="utf-8"',
+            f"Content-Transfer-Encoding: {encoding}",
+            _header("Content-Language", message.language),
+            _header(IDEMPOTENCY_HEADER, message.idempotency_key),
+        ]
+        return recipient, (CRLF.join(headers) + CRLF + CRLF).encode("ascii") + body
 
     def send(self, message: Message) -> None:
-        email = self.build(message)
+        recipient, email = self.build(message)
         # Errors are re-raised ``from None``: smtplib's messages echo the recipient's address.
         try:
             with self._lock:
-                self._send(email)
+                self._send(recipient, email)
         except smtplib.SMTPRecipientsRefused as exc:  # one recipient per message
             code = min(code for code, _ in exc.recipients.values())
             raise _classify(code, "recipient refused") from None
@@ -119,12 +143,12 @@ class SmtpChannel:
         with self._lock:
             self._drop(polite=True)
 
-    def _send(self, email: EmailMessage) -> None:
+    def _send(self, recipient: str, email: bytes) -> None:
         for first_try in (True, False):
             reused = self._reusable()
             smtp = self._smtp if reused and self._smtp is not None else self._connect()
             try:
-                smtp.send_message(email)
+                smtp.sendmail(self._envelope_from, [recipient], email)
             except (smtplib.SMTPServerDisconnected, ConnectionError):
                 self._drop()
                 if reused and first_try:
