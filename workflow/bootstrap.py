@@ -92,7 +92,7 @@ def channels_from(settings: Settings) -> dict[str, Channel]:
 def effect_runner(db: Engine, max_attempts: int, settings: Settings | None = None) -> EffectRunner:
     settings = settings or get_settings()
     return EffectRunner(
-        lambda: SqlJobStore(db),
+        lambda: SqlJobStore(db, hold_connection=True),
         SystemClock(),
         max_attempts,
         facts=SqlFacts(db),

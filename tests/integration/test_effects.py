@@ -62,7 +62,7 @@ def runner(app: App, smtp_port: int, sink: Path, max_attempts: int = 5) -> Effec
         WEBHOOK: WebhookChannel(SECRET, timeout=5),
     }
     return EffectRunner(
-        lambda: SqlJobStore(app.db),
+        lambda: SqlJobStore(app.db, hold_connection=True),
         SystemClock(),
         max_attempts,
         facts=SqlFacts(app.db),

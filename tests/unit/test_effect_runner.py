@@ -12,7 +12,7 @@ import pytest
 from workers.tasks import backoff
 from workflow.adapters.templates import default_templates
 from workflow.domain.effects import EFFECTS, Effect
-from workflow.service_layer.effects import EffectRunner, Facts, Job, UnknownEffect, runnable_effects
+from workflow.service_layer.effects import EffectRunner, Event, Facts, Job, UnknownEffect, runnable_effects
 from workflow.service_layer.notifications import (
     EMAIL,
     SMS,
@@ -37,6 +37,7 @@ class Store:
     deliveries: set[str] = field(default_factory=set)
     tasks: list[str] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
+    closed: int = 0
 
     def start(self, job: Job, now: datetime) -> tuple[str, int]:
         if self.status in ("done", "dead"):
@@ -64,6 +65,9 @@ class Store:
     def dead_letter(self, job: Job, error: str, now: datetime) -> None:
         self.status = "dead"
         self.dead.append(error)
+
+    def close(self) -> None:
+        self.closed += 1
 
 
 @dataclass
@@ -134,6 +138,33 @@ def test_a_channel_that_already_delivered_is_skipped_on_the_next_attempt() -> No
     email.fail_with = None
     assert run.run(the_job) == "done"
     assert (len(sms.sent), len(email.sent), store.attempts) == (1, 1, 2)
+    assert store.closed == 2  # each run gave back what the store held, the failed one too
+
+
+def test_an_event_reads_its_facts_once_for_all_its_notices_and_closes_its_store() -> None:
+    class Counting(FactSource):
+        reads: int = 0
+
+        def facts(self, job: Job, side: str) -> Facts:
+            self.reads += 1
+            return super().facts(job, side)
+
+    class EveryJobNew(Store):  # the jobs of one event, each starting afresh
+        def start(self, job: Job, now: datetime) -> tuple[str, int]:
+            return "running", 1
+
+        def delivered(self, job: Job) -> frozenset[str]:
+            return frozenset()
+
+    store, facts, sms, email = EveryJobNew(), Counting(), Channel(), Channel()
+    # TravelRebooked: the family's notice (SMS and e-mail), the destination office's, two tasks.
+    event = Event("event-1", "TravelRebooked", "case-1")
+    outcome = runner(store, {SMS: sms, EMAIL: email}, facts).run_event(event)
+    assert outcome.failures == () and outcome.not_run == ()
+    assert [m.recipient for m in email.sent] == ["family@example.org", "office@example.org"]
+    assert len(sms.sent) == 1 and len(store.tasks) == 2
+    assert facts.reads == 2  # once per side (origin, destination), not once per notice
+    assert store.closed == 1
 
 
 def test_a_job_past_its_attempt_cap_is_dead_lettered_without_running() -> None:

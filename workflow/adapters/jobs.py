@@ -163,16 +163,41 @@ class SqlJobStore:
     both writes happened together; a redelivery waits for the job row's lock and finds it done
     (the tasks' unique (source_event_id, kind) stands behind that)."""
 
-    def __init__(self, db: Engine) -> None:
+    def __init__(self, db: Engine, *, hold_connection: bool = False) -> None:
         self._db = db
         self._sql = _STATEMENTS[db.dialect.name]
         # Jobs whose row this store inserted: no earlier attempt, so nothing delivered yet.
         self._fresh: set[tuple[str, str]] = set()
+        # PostgreSQL, for a caller that calls close() (the EffectRunner): one autocommit
+        # connection for the whole run, taken from the pool once; a checkout and check-in per
+        # statement cost a sixth of a worker's CPU (bench/pipeline.py).
+        self._hold = hold_connection and db.dialect.name == "postgresql"
+        self._held: Connection | None = None
+
+    @contextmanager
+    def _statements(self, write: bool = True) -> Iterator[Connection]:
+        if not self._hold:
+            with autocommit(self._db, write) as conn:
+                yield conn
+            return
+        if self._held is None:
+            self._held = self._db.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            yield self._held
+        except BaseException:
+            self.close()  # after an error, a fresh connection for the next statement
+            raise
+
+    def close(self) -> None:
+        """Gives the run's connection back to the pool."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     def start(self, job: Job, now: datetime) -> tuple[str, int]:
         """One statement: inserts the job, or counts another attempt of an unfinished one."""
         key, params = (job.event_id, job.effect), _params(job, now)
-        with autocommit(self._db) as conn:
+        with self._statements() as conn:
             for _ in range(3):
                 counted = conn.execute(self._sql.start, params).first()
                 if counted is not None:
@@ -198,7 +223,7 @@ class SqlJobStore:
         params = _params(job, now, task_id=str(uuid.uuid4()), kind=effect.subject, due_on=due)
         side = DESTINATION if effect.side == DESTINATION else "origin"
         if self._db.dialect.name == "postgresql":
-            with autocommit(self._db) as conn:
+            with self._statements() as conn:
                 done = conn.execute(
                     self._sql.task_and_finish[side], {**params, "p_status": "done", "p_error": None}
                 ).first()
@@ -218,11 +243,11 @@ class SqlJobStore:
     def delivered(self, job: Job) -> frozenset[str]:
         if (job.event_id, job.effect) in self._fresh:
             return frozenset()  # its first attempt: no query needed
-        with autocommit(self._db, write=False) as conn:
+        with self._statements(write=False) as conn:
             return frozenset(conn.scalars(self._sql.delivered, _params(job, datetime.min)))
 
     def record_delivery(self, job: Job, channel: str, now: datetime) -> None:
-        with autocommit(self._db) as conn:
+        with self._statements() as conn:
             conn.execute(self._sql.record, _params(job, now, channel=channel))
 
     def finish(
@@ -232,10 +257,10 @@ class SqlJobStore:
         in the same statement (PostgreSQL) or transaction (SQLite)."""
         params = _params(job, now, status=status, error=error, channel=delivered)
         if delivered is None:
-            with autocommit(self._db) as conn:
+            with self._statements() as conn:
                 conn.execute(self._sql.finish, params)
         elif self._db.dialect.name == "postgresql":
-            with autocommit(self._db) as conn:
+            with self._statements() as conn:
                 conn.execute(self._sql.record_and_finish, params)
         else:
             with writing(self._db) as conn:

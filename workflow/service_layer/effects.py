@@ -118,6 +118,10 @@ class JobStore(Protocol):
         """Marks the job dead and files it with its error and attempts, in one transaction."""
         ...
 
+    def close(self) -> None:
+        """The run is over: whatever the store held for it (a connection) goes back."""
+        ...
+
 
 class FactSource(Protocol):
     def facts(self, job: Job, side: str) -> Facts: ...
@@ -152,7 +156,11 @@ class EffectRunner:
 
     def run(self, job: Job) -> str:
         """One job on its own (a replayed dead letter): raises what the job raised."""
-        return self._run(self._jobs(), job, {})
+        store = self._jobs()
+        try:
+            return self._run(store, job, {})
+        finally:
+            store.close()
 
     def run_event(self, event: Event, stop_on: tuple[type[Exception], ...] = ()) -> EventRun:
         """Every runnable effect of the event, in the effect table's order, each as its own job
@@ -164,13 +172,16 @@ class EffectRunner:
         store = self._jobs()
         facts: dict[str, Facts] = {}  # by side: one read of the case for the event's notices
         failures: list[tuple[Job, Exception]] = []
-        for index, job in enumerate(jobs):
-            try:
-                self._run(store, job, facts)
-            except Exception as exc:
-                failures.append((job, exc))
-                if isinstance(exc, stop_on):
-                    return EventRun(tuple(failures), jobs[index + 1 :])
+        try:
+            for index, job in enumerate(jobs):
+                try:
+                    self._run(store, job, facts)
+                except Exception as exc:
+                    failures.append((job, exc))
+                    if isinstance(exc, stop_on):
+                        return EventRun(tuple(failures), jobs[index + 1 :])
+        finally:
+            store.close()
         return EventRun(tuple(failures))
 
     def _run(self, store: JobStore, job: Job, facts: dict[str, Facts]) -> str:
@@ -196,7 +207,11 @@ class EffectRunner:
 
     def give_up(self, job: Job, error: str) -> None:
         """The job's retries are spent, or its error is permanent: filed in the dead letters."""
-        self._jobs().dead_letter(job, error, self._clock.now())
+        store = self._jobs()
+        try:
+            store.dead_letter(job, error, self._clock.now())
+        finally:
+            store.close()
         self._observer.job_finished(job.effect, "dead", None)
 
     def _latency(self, job: Job) -> float | None:
