@@ -238,3 +238,33 @@ def test_backoff_grows_exponentially_with_full_jitter_and_honours_retry_after() 
     assert max(backoff(5) for _ in range(200)) > 8  # jitter spreads over the whole window
     assert backoff(0, retry_after=30) == 30
     assert backoff(0, retry_after=10_000) == 120
+
+
+def test_a_job_that_killed_its_worker_too_often_is_dead_lettered_and_its_event_goes_on() -> None:
+    """The event's message came back after its worker died in the first job, again and again: that
+    job is past its cap and filed; the jobs after it, never reached before, run now."""
+
+    class PerJob(Store):
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts: dict[str, int] = {"notify_family:return_approved:origin": 3}
+            self.outcomes: dict[str, str] = {}
+
+        def start(self, job: Job, now: datetime) -> tuple[str, int]:
+            self.counts[job.effect] = self.counts.get(job.effect, 0) + 1
+            return "running", self.counts[job.effect]
+
+        def dead_letter(self, job: Job, error: str, now: datetime) -> None:
+            self.outcomes[job.effect] = error
+
+        def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
+            self.outcomes[job.effect] = "done"
+
+    store, email, sms = PerJob(), Channel(), Channel()
+    outcome = runner(store, {EMAIL: email, SMS: sms}).run_event(Event("event-1", "ReturnApproved", "case-1"))
+    assert outcome.failures == () and outcome.not_run == ()
+    assert store.outcomes == {
+        "notify_family:return_approved:origin": "gave up after 3 attempts",
+        "create_task:request_travel_documents:origin": "done",
+    }
+    assert email.sent == sms.sent == []  # the filed job did not run again
