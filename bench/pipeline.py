@@ -5,6 +5,7 @@ Run from the repository root (PostgreSQL and Redis on 127.0.0.1):
     .venv/bin/python -m bench.pipeline                  # rates 50,100,200,300,400/s, 10 s each
     .venv/bin/python -m bench.pipeline --quick          # smoke run, about a minute
     .venv/bin/python -m bench.pipeline --rates 100,200 --seconds 20 --workers-concurrency 4
+    .venv/bin/python -m bench.pipeline --workload tasks  # database effects only, no e-mail or SMS
 
 What runs, all real processes: a private PostgreSQL database (created, migrated, dropped), a
 private Redis database number (flushed before and after), ``celery -A workers.app worker -Q avrr``
@@ -19,7 +20,9 @@ aiosmtpd sink in this process (AVRR_SMTP_HOST/PORT) and an SMS file sink (AVRR_S
     t0 + i/rate, whatever happened to slot i-1). The default mix cycles register_inquiry (1 job:
     the family's e-mail and SMS), record_no_show (1 job: the origin office's e-mail) and
     rebook_travel (4 jobs: family e-mail and SMS, the destination office's e-mail, two tasks) on
-    cases walked to travel_booked beforehand. Latency is ``jobs.finished_at - outbox.occurred_at``
+    cases walked to travel_booked beforehand; ``--workload tasks`` fires record_monitoring_visit on
+    cases walked to monitoring (1 job: a task row, nothing sent). One message per event carries its
+    jobs, which run in turn. Latency is ``jobs.finished_at - outbox.occurred_at``
     for every job of every fired event; ``occurred_at`` is the fire's clock reading taken before the
     transition's writes, so it comes a few ms before the commit (the "fire" column shows how many).
 
@@ -95,10 +98,15 @@ REGISTRATION = {
 TO_TRAVEL_BOOKED = STEPS[: 1 + next(i for i, s in enumerate(STEPS) if s.trigger == "book_travel")]
 BOOKING: dict[str, Any] = TO_TRAVEL_BOOKED[-1].payload  # type: ignore[assignment]
 NO_SHOW = {"reason": "missed the flight"}
+_VISIT_AT = next(i for i, s in enumerate(STEPS) if s.trigger == "record_monitoring_visit")
+TO_MONITORING, VISIT = STEPS[:_VISIT_AT], STEPS[_VISIT_AT]
 WORKLOADS = {
     "mixed": ("register", "travel", "travel"),  # register, no-show, rebook: 6 jobs per 3 events
     "register": ("register",),  # 1 job (e-mail + SMS) per event
     "travel": ("travel",),  # no-show and rebook alternately: 5 jobs per 2 events
+    # record_monitoring_visit on cases in monitoring: 1 job per event, a task row and nothing
+    # sent; the issue's own measure (the effect is the handler's database row).
+    "tasks": ("visit",),
 }
 
 
@@ -132,18 +140,25 @@ class Firer:
         self.app: App = bootstrap(settings)
         self.turns = itertools.cycle(WORKLOADS[workload])
         self.state: dict[str, str] = {}
-        if "travel" in WORKLOADS[workload]:
+        if "travel" in WORKLOADS[workload] or "visit" in WORKLOADS[workload]:
+            walk = TO_TRAVEL_BOOKED if "travel" in WORKLOADS[workload] else TO_MONITORING
             for _ in range(cases):
                 case_id = self.app.transitions.create_case(TLL_CASEWORKER, REGISTRATION).case_id
-                for step in TO_TRAVEL_BOOKED:
-                    self.app.transitions.fire(case_id, step.trigger, step.actor, step.payload)  # type: ignore[arg-type]
-                self.state[case_id] = "travel_booked"
+                for step in walk:
+                    payload = (
+                        step.payload(self.app.views.case(case_id)) if callable(step.payload) else step.payload
+                    )
+                    self.app.transitions.fire(case_id, step.trigger, step.actor, payload)
+                self.state[case_id] = "travel_booked" if walk is TO_TRAVEL_BOOKED else "monitoring"
         self.cases = itertools.cycle(list(self.state))
 
     def fire_one(self) -> tuple[str, ...]:
-        if next(self.turns) == "register":
+        turn = next(self.turns)
+        if turn == "register":
             return self.app.transitions.create_case(TLL_CASEWORKER, REGISTRATION).event_ids
         case_id = next(self.cases)
+        if turn == "visit":
+            return self.app.transitions.fire(case_id, VISIT.trigger, VISIT.actor, VISIT.payload).event_ids  # type: ignore[arg-type]
         try:
             if self.state[case_id] == "travel_booked":
                 result = self.app.transitions.fire(case_id, "record_no_show", TLL_TRAVEL, NO_SHOW)
@@ -795,7 +810,9 @@ def main() -> None:
     )
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="mixed")
     parser.add_argument("--clients", type=int, default=4, help="client processes firing transitions")
-    parser.add_argument("--cases", type=int, default=20, help="travel_booked cases per client")
+    parser.add_argument(
+        "--cases", type=int, default=20, help="travel_booked (or monitoring) cases per client"
+    )
     parser.add_argument("--noop-tasks", type=int, default=10_000, help="no-op tasks for the baseline")
     parser.add_argument("--worker-log-level", default="WARNING", help="INFO logs a line per job")
     parser.add_argument("--postgres-url", default=ADMIN_URL, help="admin URL; a private database is made")
