@@ -87,42 +87,54 @@ def run_effect(
         raise self.retry(exc=exc, countdown=delay) from None
 
 
+# A job that ran out of the event's time (the soft limit covers all of an event's jobs) is not
+# at fault: it goes with the retry, and its attempts in the database still bound it.
+RETRYABLE = (*TRANSIENT, SoftTimeLimitExceeded)
+
+
 @app.task(name="avrr.events.handle", base=EventTask, bind=True, max_retries=MAX_ATTEMPTS - 1)
 def handle_event(
     self: Task, event_id: str, event_type: str, case_id: str, occurred_at: str | None = None
 ) -> str:
     """Every effect of one event, each its own job. A job with a permanent error is dead-lettered
     at once; transient errors retry the event (its done jobs are skipped), and the jobs still
-    failing when the retries are spent are dead-lettered. A time limit ends the run: the job
-    that ran out is dead-lettered, the jobs after it go with the retry. An event with a job in
-    the dead letters ends as a failed task (JobsDeadLettered), once its other jobs are done."""
+    failing when the retries are spent are dead-lettered. A time limit ends the run: the job it
+    cut short and the jobs after it go with the retry. An event that filed a job in the dead
+    letters in this run ends as a failed task (JobsDeadLettered), once its other jobs are done.
+    If the database refuses the filing itself, the event is retried rather than acknowledged
+    with jobs neither done nor filed."""
     structlog.contextvars.bind_contextvars(event_id=event_id, case_id=case_id)
     committed = datetime.fromisoformat(occurred_at) if occurred_at else None
     try:
         outcome = _runner().run_event(
             Event(event_id, event_type, case_id, committed), stop_on=(SoftTimeLimitExceeded,)
         )
-    except TRANSIENT as exc:  # the jobs' rows could not be opened: nothing ran
+    except TRANSIENT as exc:  # the runner itself could not start (its store, say)
         delay = backoff(self.request.retries)
         log.warning("event.retrying", error=type(exc).__name__, retry_in=round(delay, 2))
         raise self.retry(exc=exc, countdown=delay) from None
-    transient = [(job, error) for job, error in outcome.failures if isinstance(error, TRANSIENT)]
-    for job, error in outcome.failures:
-        if not isinstance(error, TRANSIENT):
-            _give_up(job, _error(error), type(error).__name__)
-    dead = [job.effect for job, error in outcome.failures if not isinstance(error, TRANSIENT)]
-    if not transient and not outcome.not_run:
+    retry = [(job, error) for job, error in outcome.failures if isinstance(error, RETRYABLE)]
+    give_up = [(job, _error(error)) for job, error in outcome.failures if not isinstance(error, RETRYABLE)]
+    spent = self.request.retries >= self.max_retries
+    if spent:
+        give_up += [(job, _error(failure)) for job, failure in retry]
+        give_up += [(job, "not run: the event's retries ran out") for job in outcome.not_run]
+    try:
+        for job, error in give_up:
+            _give_up(job, error, error.split(":", 1)[0])
+    except TRANSIENT as exc:
+        # Nothing is lost: the retry runs the unfinished jobs again and files what fails again,
+        # however many retries that takes while the database is away.
+        delay = backoff(min(self.request.retries, 6))
+        log.warning("event.filing_failed", error=type(exc).__name__, retry_in=round(delay, 2))
+        raise self.retry(countdown=delay, max_retries=self.request.retries + 1) from None
+    dead = [job.effect for job in outcome.dead] + [job.effect for job, _ in give_up]
+    if spent or (not retry and not outcome.not_run):
         if dead:
             raise JobsDeadLettered(", ".join(dead))
         return "done"
-    if self.request.retries >= self.max_retries:
-        for job, error in transient:
-            _give_up(job, _error(error), type(error).__name__)
-        for job in outcome.not_run:
-            _give_up(job, "not run: the event's retries ran out", "NotRun")
-        raise JobsDeadLettered(", ".join(dead + [job.effect for job, _ in transient]))
-    waits = [getattr(error, "retry_after", None) for _, error in transient]
-    delay = max((backoff(self.request.retries, w) for w in waits), default=backoff(self.request.retries))
-    for job, error in transient:
-        log.warning("job.retrying", effect=job.effect, error=type(error).__name__, retry_in=round(delay, 2))
+    waits = [getattr(failure, "retry_after", None) for _, failure in retry]
+    delay = max(backoff(self.request.retries, wait) for wait in waits) if waits else backoff(0)
+    for job, failure in retry:
+        log.warning("job.retrying", effect=job.effect, error=type(failure).__name__, retry_in=round(delay, 2))
     raise self.retry(countdown=delay)

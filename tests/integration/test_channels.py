@@ -105,6 +105,22 @@ def test_text_in_any_language_arrives_as_written_and_ascii_goes_plain(
     assert max(len(line) for line in inbox.envelopes[0].content.splitlines()) <= 78
 
 
+def test_a_named_recipient_keeps_its_name_and_a_long_ascii_subject_is_folded(
+    smtp: tuple[SmtpChannel, Inbox],
+) -> None:
+    channel, inbox = smtp
+    subject = "Your return travel is booked for the whole family " * 4
+    channel.send(Message("Mykola Family <family@example.org>", EMAIL, subject, "a\x0bb\nc\n", "en", "k/4"))
+    (received,) = inbox.received()
+    (to,) = received["To"].addresses
+    assert (to.display_name, to.addr_spec) == ("Mykola Family", "family@example.org")
+    assert inbox.envelopes[0].rcpt_tos == ["family@example.org"]
+    assert received["Subject"] == subject
+    assert max(len(line) for line in inbox.envelopes[0].content.splitlines()) <= 78
+    # Only CR and LF end a line: a vertical tab is text, not a line break.
+    assert received.get_content().replace("\r\n", "\n") == "a\x0bb\nc\n"
+
+
 @pytest.mark.parametrize(
     ("recipient", "subject"),
     [

@@ -263,6 +263,7 @@ def test_a_job_that_killed_its_worker_too_often_is_dead_lettered_and_its_event_g
     store, email, sms = PerJob(), Channel(), Channel()
     outcome = runner(store, {EMAIL: email, SMS: sms}).run_event(Event("event-1", "ReturnApproved", "case-1"))
     assert outcome.failures == () and outcome.not_run == ()
+    assert [job.effect for job in outcome.dead] == ["notify_family:return_approved:origin"]
     assert store.outcomes == {
         "notify_family:return_approved:origin": "gave up after 3 attempts",
         "create_task:request_travel_documents:origin": "done",

@@ -91,6 +91,7 @@ class EventRun:
 
     failures: tuple[tuple[Job, Exception], ...] = ()
     not_run: tuple[Job, ...] = ()
+    dead: tuple[Job, ...] = ()  # dead-lettered by this run for their attempt cap
 
 
 class JobStore(Protocol):
@@ -172,19 +173,22 @@ class EffectRunner:
         store = self._jobs()
         facts: dict[str, Facts] = {}  # by side: one read of the case for the event's notices
         failures: list[tuple[Job, Exception]] = []
+        capped: list[Job] = []
         try:
             for index, job in enumerate(jobs):
                 try:
-                    self._run(store, job, facts)
+                    self._run(store, job, facts, capped)
                 except Exception as exc:
                     failures.append((job, exc))
                     if isinstance(exc, stop_on):
-                        return EventRun(tuple(failures), jobs[index + 1 :])
+                        return EventRun(tuple(failures), jobs[index + 1 :], tuple(capped))
         finally:
             store.close()
-        return EventRun(tuple(failures))
+        return EventRun(tuple(failures), dead=tuple(capped))
 
-    def _run(self, store: JobStore, job: Job, facts: dict[str, Facts]) -> str:
+    def _run(
+        self, store: JobStore, job: Job, facts: dict[str, Facts], capped: list[Job] | None = None
+    ) -> str:
         effect = effect_named(job.event_type, job.effect)
         if effect is None:
             raise UnknownEffect(job.effect)
@@ -193,6 +197,8 @@ class EffectRunner:
             return status  # a redelivery or a replay of a finished job does nothing
         if attempts > self._max_attempts:
             store.dead_letter(job, f"gave up after {attempts - 1} attempts", self._clock.now())
+            if capped is not None:
+                capped.append(job)
             log.warning("job.dead_lettered", event_id=job.event_id, effect=job.effect, attempts=attempts)
             self._observer.job_finished(job.effect, "dead", None)
             return "dead"

@@ -6,12 +6,13 @@ from __future__ import annotations
 import binascii
 import hashlib
 import os
+import re
 import smtplib
 import ssl
 import threading
 import time
 from email.header import Header
-from email.utils import formataddr, formatdate, parseaddr
+from email.utils import formataddr, formatdate, getaddresses, parseaddr
 
 import structlog
 
@@ -32,6 +33,8 @@ MESSAGES_PER_CONNECTION = 100
 
 
 CRLF = "\r\n"
+LINE_END = re.compile(r"\r\n|\r|\n")  # not str.splitlines: it also splits at \v, \f, U+2028 ...
+FOLD_AT = 78  # a header line longer than this is folded (RFC 5322 2.1.1)
 # Base64 lines as RFC 2045 sets them (76 characters), each ended by CRLF.
 BASE64_LINE = 57  # bytes of input per line of output
 
@@ -44,21 +47,27 @@ def _header(name: str, value: str) -> str:
         raise PermanentDeliveryError(f"unsendable header: a line break in {name}")
     if not value.isascii():
         value = Header(value, "utf-8", header_name=name).encode(linesep=CRLF)
+    elif len(name) + 2 + len(value) > FOLD_AT:  # folded at spaces, as RFC 5322 asks of long lines
+        value = Header(value, header_name=name).encode(linesep=CRLF)
     return f"{name}: {value}"
 
 
-def _address(value: str) -> str:
-    """The one recipient, as a bare address: nothing else may travel in To or the envelope."""
-    _, address = parseaddr(value)
-    if not address or address != value.strip() or "@" not in address or not address.isascii():
-        raise PermanentDeliveryError("unsendable header: To is not one plain address")
-    return address
+def _address(value: str) -> tuple[str, str]:
+    """The one recipient: its envelope address and its To header (``Name <a@b>`` keeps its name).
+    Two addresses, none, or an address that is not ASCII (it would need SMTPUTF8) are refused."""
+    if "\r" in value or "\n" in value:
+        raise PermanentDeliveryError("unsendable header: a line break in To")
+    found = getaddresses([value])
+    if len(found) != 1 or "@" not in found[0][1] or not found[0][1].isascii():
+        raise PermanentDeliveryError("unsendable header: To is not one ASCII address")
+    name, address = found[0]
+    return address, _header("To", formataddr((name, address)) if name else address)
 
 
 def _body(text: str) -> tuple[str, bytes]:
     """The body and its transfer encoding: plain 7-bit ASCII as it is (CRLF line ends), anything
     else as UTF-8 in base64."""
-    lines = text.splitlines()
+    lines = LINE_END.split(text.removesuffix("\r\n").removesuffix("\n"))
     if text.isascii() and all(len(line) <= 998 for line in lines):
         return "7bit", (CRLF.join(lines) + CRLF).encode("ascii")
     raw = (CRLF.join(lines) + CRLF).encode("utf-8")  # text in canonical form: CRLF line ends
@@ -106,11 +115,11 @@ class SmtpChannel:
         hand, not through ``email.message.EmailMessage``: building and flattening one with the
         standard library's modern policy took a third of a worker's CPU per job
         (bench/pipeline.py); what a mail reader sees is the same."""
-        recipient = _address(message.recipient)
+        recipient, to = _address(message.recipient)
         encoding, body = _body(message.body)
         headers = [
             self._from_header,
-            f"To: {recipient}",
+            to,
             _header("Subject", message.subject),
             f"Message-ID: {message_id(message.idempotency_key, self._from)}",
             f"Date: {formatdate(localtime=False, usegmt=True)}",
