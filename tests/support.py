@@ -78,3 +78,11 @@ def jobs_of(app: App, case_id: str) -> list[Job]:
         for e in events
         for fx in runnable_effects(e.event_type)
     ]
+
+
+def job_states(app: App, event_id: str) -> dict[str, tuple[str, int]]:
+    """Each job of an event by effect: (status, attempts)."""
+    j = tb.jobs.c
+    with app.db.connect() as conn:
+        rows = conn.execute(select(j.effect, j.status, j.attempts).where(j.event_id == event_id))
+        return {effect: (status, attempts) for effect, status, attempts in rows}

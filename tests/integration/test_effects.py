@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.servers import Inbox, Receiver, http_receiver, smtp_server
-from tests.support import advance_to
+from tests.support import advance_to, job_states
 from workflow.adapters import tables as tb
 from workflow.adapters.channels.sms import FileSinkSms
 from workflow.adapters.channels.smtp import SmtpChannel
@@ -191,13 +191,6 @@ def approval(app: App, case_id: str) -> Event:
     return Event(job.event_id, job.event_type, job.case_id)
 
 
-def job_rows(app: App, event_id: str) -> dict[str, tuple[str, int]]:
-    j = tb.jobs.c
-    with app.db.connect() as conn:
-        rows = conn.execute(select(j.effect, j.status, j.attempts).where(j.event_id == event_id))
-        return {effect: (status, attempts) for effect, status, attempts in rows}
-
-
 def test_an_event_runs_every_job_and_a_failing_one_holds_up_no_other(
     app: App, inbox: tuple[int, Inbox], sink: Path
 ) -> None:
@@ -214,14 +207,14 @@ def test_an_event_runs_every_job_and_a_failing_one_holds_up_no_other(
     assert [(job.effect, type(error)) for job, error in first.failures] == [(notice, TransientDeliveryError)]
     assert first.not_run == ()
     # The notice failed after its SMS; the task after it was still made.
-    assert job_rows(app, event.event_id) == {notice: ("running", 1), task: ("done", 1)}
+    assert job_states(app, event.event_id) == {notice: ("running", 1), task: ("done", 1)}
     assert len(sms_lines(sink)) == 1 and box.received() == []
 
     box.rcpt_reply = None  # what the event's retry finds
     assert run.run_event(event).failures == ()
     assert run.run_event(event).failures == ()  # a redelivery of the whole event does nothing
     # The done task was skipped, not counted again; the notice took a second attempt.
-    assert job_rows(app, event.event_id) == {notice: ("done", 2), task: ("done", 1)}
+    assert job_states(app, event.event_id) == {notice: ("done", 2), task: ("done", 1)}
     assert len(sms_lines(sink)) == 1 and len(box.received()) == 1
     with app.db.connect() as conn:
         kinds = conn.scalars(select(tb.tasks.c.kind).where(tb.tasks.c.source_event_id == event.event_id))
@@ -240,7 +233,7 @@ def test_an_error_the_caller_stops_on_leaves_the_jobs_after_it_not_run(
     outcome = runner(app, port, sink).run_event(event, stop_on=(PermanentDeliveryError,))
     assert [(job, type(error)) for job, error in outcome.failures] == [(notice, PermanentDeliveryError)]
     assert outcome.not_run == (task,)
-    assert job_rows(app, event.event_id) == {notice.effect: ("running", 1)}  # the task's job never started
+    assert job_states(app, event.event_id) == {notice.effect: ("running", 1)}  # the task's job never started
 
 
 def test_replay_that_cannot_publish_leaves_the_dead_letter_open(app: App) -> None:

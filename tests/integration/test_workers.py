@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from config.celery import celery_config
 from tests.integration.processes import RedisServer, start_worker, stop, wait_for
 from tests.servers import smtp_server
-from tests.support import advance_to
+from tests.support import advance_to, job_states
 from workers import relay
 from workflow.adapters import tables as tb
 from workflow.adapters.channels.smtp import message_id
@@ -111,13 +111,6 @@ def test_a_job_that_keeps_dying_is_dead_lettered_after_its_attempt_cap(pg_app: A
     assert _tasks(pg_app, case_id) == []
 
 
-def _jobs(app: App, event_id: str) -> dict[str, tuple[str, int]]:
-    j = tb.jobs.c
-    with app.db.connect() as conn:
-        rows = conn.execute(select(j.effect, j.status, j.attempts).where(j.event_id == event_id))
-        return {effect: (status, attempts) for effect, status, attempts in rows}
-
-
 def test_one_message_per_event_retries_the_failing_job_and_leaves_its_done_task_alone(
     pg_app: App, pg_url: str, broker: str, relay_thread: threading.Event, tmp_path: Path
 ) -> None:
@@ -138,15 +131,15 @@ def test_one_message_per_event_retries_the_failing_job_and_leaves_its_done_task_
                 )
             notice, task = (e.name for e in runnable_effects("ReturnApproved"))
             wait_for(
-                lambda: _jobs(pg_app, event_id).get(notice, ("", 0))[1] >= 2, 30, "a retry of the notice"
+                lambda: job_states(pg_app, event_id).get(notice, ("", 0))[1] >= 2, 30, "a retry of the notice"
             )
-            assert _jobs(pg_app, event_id)[task] == ("done", 1)
+            assert job_states(pg_app, event_id)[task] == ("done", 1)
             assert _tasks(pg_app, case_id) == ["request_travel_documents"]
 
             inbox.rcpt_reply = None  # the server takes mail again
-            wait_for(lambda: _jobs(pg_app, event_id)[notice][0] == "done", 30, "the notice sent")
+            wait_for(lambda: job_states(pg_app, event_id)[notice][0] == "done", 30, "the notice sent")
             time.sleep(1.0)  # a duplicate would arrive by now
-            rows = _jobs(pg_app, event_id)
+            rows = job_states(pg_app, event_id)
             assert rows[task] == ("done", 1) and rows[notice][1] >= 2
             assert _tasks(pg_app, case_id) == ["request_travel_documents"]
             # The notice's Message-ID, whatever the sender's domain: "<avrr.{key's hash}@".
