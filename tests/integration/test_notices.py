@@ -33,6 +33,6 @@ def test_the_notice_goes_to_the_principal_whatever_order_the_members_were_added(
                 "email": "first@example.org",
             },
         )
-    facts = SqlFacts(app.db).facts(jobs_of(app, case_id)[-1], DESTINATION)
+    facts = SqlFacts(app.db).facts(jobs_of(app, case_id)[-1])[DESTINATION]
     assert facts.family_contacts == {SMS: PRINCIPAL["phone"], EMAIL: PRINCIPAL["email"]}
     assert facts.values["travellers"] == len(HOUSEHOLD) + 1

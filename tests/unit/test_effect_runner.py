@@ -12,6 +12,7 @@ import pytest
 from workers.tasks import backoff
 from workflow.adapters.templates import default_templates
 from workflow.domain.effects import EFFECTS, Effect
+from workflow.domain.lifecycle import DESTINATION, ORIGIN
 from workflow.service_layer.effects import EffectRunner, Event, Facts, Job, UnknownEffect, runnable_effects
 from workflow.service_layer.notifications import (
     EMAIL,
@@ -89,9 +90,10 @@ class FactSource:
     office_email: str | None = "office@example.org"
     webhook: str | None = None
 
-    def facts(self, job: Job, side: str) -> Facts:
+    def facts(self, job: Job) -> dict[str, Facts]:
         values = {"case_ref": "C-1", "departure_on": "2026-12-01", "route": "TLL-KBP", "due_on": "2026-12-03"}
-        return Facts("uk", self.contacts, "et", self.office_email, self.webhook, values)
+        the_facts = Facts("uk", self.contacts, "et", self.office_email, self.webhook, values)
+        return {ORIGIN: the_facts, DESTINATION: the_facts}
 
     def handover_package(self, job: Job) -> dict[str, Any]:
         return {"case_id": job.case_id}
@@ -145,9 +147,9 @@ def test_an_event_reads_its_facts_once_for_all_its_notices_and_closes_its_store(
     class Counting(FactSource):
         reads: int = 0
 
-        def facts(self, job: Job, side: str) -> Facts:
+        def facts(self, job: Job) -> dict[str, Facts]:
             self.reads += 1
-            return super().facts(job, side)
+            return super().facts(job)
 
     class EveryJobNew(Store):  # the jobs of one event, each starting afresh
         def start(self, job: Job, now: datetime) -> tuple[str, int]:
@@ -163,7 +165,7 @@ def test_an_event_reads_its_facts_once_for_all_its_notices_and_closes_its_store(
     assert outcome.failures == () and outcome.not_run == ()
     assert [m.recipient for m in email.sent] == ["family@example.org", "office@example.org"]
     assert len(sms.sent) == 1 and len(store.tasks) == 2
-    assert facts.reads == 2  # once per side (origin, destination), not once per notice
+    assert facts.reads == 1  # once for the event (both sides), not once per notice
     assert store.closed == 1
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import Engine, Select, bindparam, case, func, select
 
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import autocommit
-from workflow.domain.lifecycle import DESTINATION
+from workflow.domain.lifecycle import DESTINATION, ORIGIN
 from workflow.service_layer.documents import ACCEPTED, DECISION, PACKAGE, REFUSED
 from workflow.service_layer.effects import Facts, Job
 from workflow.service_layer.notifications import EMAIL, FALLBACK_LANGUAGE, LANGUAGES, SMS
@@ -92,7 +92,9 @@ class SqlFacts:
     def __init__(self, db: Engine) -> None:
         self._db = db
 
-    def facts(self, job: Job, side: str) -> Facts:
+    def facts(self, job: Job) -> dict[str, Facts]:
+        """Both sides' facts from one read: the family's and the values are the same for both;
+        the office (language, e-mail, webhook) is the origin's or the destination's."""
         with autocommit(self._db, write=False) as conn:
             row = conn.execute(_FACTS, {"case_id": job.case_id}).one()
             grant = self._grant(conn, job) if job.event_type == "GrantDisbursed" else {}
@@ -101,10 +103,6 @@ class SqlFacts:
             for channel, address in ((SMS, row.principal_phone), (EMAIL, row.principal_email))
             if address
         }
-        prefix = "destination" if side == DESTINATION else "origin"
-        office_country, office_email, office_webhook = (
-            getattr(row, f"{prefix}_{name}") for name in ("country", "email", "webhook_url")
-        )
         values: dict[str, object] = {
             "case_ref": case_ref(row.id),
             "due_on": _date(row.due_on),
@@ -119,14 +117,18 @@ class SqlFacts:
             "origin_office": row.origin_name,
             **grant,
         }
-        return Facts(
-            family_language=row.language if row.language in LANGUAGES else FALLBACK_LANGUAGE,
-            family_contacts=contacts,
-            office_language=OFFICE_LANGUAGE.get(office_country, FALLBACK_LANGUAGE),
-            office_email=office_email,
-            office_webhook=office_webhook,
-            values=values,
-        )
+        family_language = row.language if row.language in LANGUAGES else FALLBACK_LANGUAGE
+        return {
+            side: Facts(
+                family_language=family_language,
+                family_contacts=contacts,
+                office_language=OFFICE_LANGUAGE.get(getattr(row, f"{side}_country"), FALLBACK_LANGUAGE),
+                office_email=getattr(row, f"{side}_email"),
+                office_webhook=getattr(row, f"{side}_webhook_url"),
+                values=values,
+            )
+            for side in (ORIGIN, DESTINATION)
+        }
 
     @staticmethod
     def _grant(conn: Any, job: Job) -> dict[str, object]:

@@ -125,7 +125,10 @@ class JobStore(Protocol):
 
 
 class FactSource(Protocol):
-    def facts(self, job: Job, side: str) -> Facts: ...
+    def facts(self, job: Job) -> Mapping[str, Facts]:
+        """The case's facts as each side's notices see them (by ``effect.side``: the origin
+        and the destination office), from one read of the case."""
+        ...
 
     def handover_package(self, job: Job) -> dict[str, Any]:
         """Only what the destination office needs to receive the family."""
@@ -171,7 +174,7 @@ class EffectRunner:
         are returned as not run."""
         jobs = event.jobs()
         store = self._jobs()
-        facts: dict[str, Facts] = {}  # by side: one read of the case for the event's notices
+        facts: dict[str, Facts] = {}  # by side: one read of the case for all the event's notices
         failures: list[tuple[Job, Exception]] = []
         capped: list[Job] = []
         try:
@@ -230,9 +233,9 @@ class EffectRunner:
         """Sends on each channel not done yet; returns the last channel sent, not yet recorded."""
         if self._facts is None or self._renderer is None:
             raise UnknownEffect(effect.kind)
-        facts = read.get(effect.side)
-        if facts is None:
-            facts = read[effect.side] = self._facts.facts(job, effect.side)
+        if not read:
+            read.update(self._facts.facts(job))
+        facts = read[effect.side]
         if effect.kind == NOTIFY_FAMILY:
             template, language = f"family.{effect.subject}", facts.family_language
             targets = dict(facts.family_contacts)
