@@ -28,10 +28,12 @@ class Inbox:
     def __init__(self) -> None:
         self.envelopes: list[Any] = []
         self.rcpt_reply: str | None = None
+        self.rcpt_replies: dict[str, str] = {}  # by recipient address, ahead of rcpt_reply
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        if self.rcpt_reply:
-            return self.rcpt_reply
+        reply = self.rcpt_replies.get(address) or self.rcpt_reply
+        if reply:
+            return reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

@@ -102,7 +102,8 @@ def handle_event(
     cut short and the jobs after it go with the retry. An event that filed a job in the dead
     letters in this run ends as a failed task (JobsDeadLettered), once its other jobs are done.
     If the database refuses the filing itself, the event is retried rather than acknowledged
-    with jobs neither done nor filed."""
+    with jobs neither done nor filed. A job filed by an earlier run (a permanent error, then a
+    retry for another job) still makes the run that finishes the event a failed task."""
     structlog.contextvars.bind_contextvars(event_id=event_id, case_id=case_id)
     committed = datetime.fromisoformat(occurred_at) if occurred_at else None
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from config.celery import celery_config
 from tests.integration.processes import RedisServer, start_worker, stop, wait_for
@@ -22,6 +22,7 @@ from workflow.adapters.channels.smtp import message_id
 from workflow.adapters.clock import SystemClock
 from workflow.adapters.jobs import SqlJobStore
 from workflow.bootstrap import App
+from workflow.demo import HOUSEHOLD
 from workflow.domain.effects import CREATE_TASK
 from workflow.domain.lifecycle import LIFECYCLE
 from workflow.service_layer.effects import EffectRunner, Job, runnable_effects
@@ -146,5 +147,47 @@ def test_one_message_per_event_retries_the_failing_job_and_leaves_its_done_task_
             mine = message_id(idempotency_key(event_id, notice), "any@where").split("@")[0] + "@"
             assert len([m for m in inbox.received() if str(m["Message-ID"]).startswith(mine)]) == 1
             assert "avrr.events.handle" in (tmp_path / "worker.log").read_text(errors="replace")
+        finally:
+            stop(proc, 30)
+
+
+def test_an_event_whose_job_was_dead_lettered_ends_as_a_failed_task_after_its_retries(
+    pg_app: App, pg_url: str, broker: str, relay_thread: threading.Event, tmp_path: Path
+) -> None:
+    """TravelBooked's message: the family's address is refused for good (5xx: that job is filed
+    in the dead letters at once) and the destination office's for now (4xx: the event retries).
+    The run that finally sends the office's notice still ends as a failed task, so Flower and
+    avrr_task_failures_total show the event that lost a notice."""
+    office = "kyiv-office@avrr.example.org"
+    with pg_app.db.begin() as conn:
+        conn.execute(update(tb.offices).where(tb.offices.c.code == "kyiv").values(email=office))
+    with smtp_server() as (smtp, inbox):
+        inbox.rcpt_replies = {HOUSEHOLD[0]["email"]: "550 5.1.1 no such mailbox", office: "451 4.3.0 later"}
+        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
+        log = tmp_path / "worker.log"
+        proc = start_worker(pg_url, broker, log, 2, env)
+        try:
+            case_id = advance_to(pg_app, "travel_booked")
+            with pg_app.db.connect() as conn:
+                event_id = conn.scalar(
+                    select(tb.outbox.c.event_id).where(
+                        tb.outbox.c.case_id == case_id, tb.outbox.c.event_type == "TravelBooked"
+                    )
+                )
+            family, _, to_office, _ = (e.name for e in runnable_effects("TravelBooked"))
+            failed = f"JobsDeadLettered('{family}')"  # the earlier events' notices fail too
+            wait_for(lambda: job_states(pg_app, event_id).get(to_office, ("", 0))[1] >= 2, 30, "a retry")
+            assert job_states(pg_app, event_id)[family] == ("dead", 1)
+            assert failed not in log.read_text(errors="replace")  # the event is retrying
+
+            inbox.rcpt_replies.pop(office)  # the office's server takes mail again
+            wait_for(lambda: job_states(pg_app, event_id)[to_office][0] == "done", 30, "the office's notice")
+            wait_for(lambda: failed in log.read_text(errors="replace"), 10, "the task's failure")
+            assert {state for state, _ in job_states(pg_app, event_id).values()} == {"done", "dead"}
+            mine = {
+                message_id(idempotency_key(event_id, e), "a@b").split("@")[0] for e in (family, to_office)
+            }
+            sent = [m["To"] for m in inbox.received() if str(m["Message-ID"]).split("@")[0] in mine]
+            assert sent == [office]
         finally:
             stop(proc, 30)

@@ -271,3 +271,13 @@ def test_a_job_that_killed_its_worker_too_often_is_dead_lettered_and_its_event_g
         "create_task:request_travel_documents:origin": "done",
     }
     assert email.sent == sms.sent == []  # the filed job did not run again
+
+
+def test_an_event_run_reports_the_jobs_an_earlier_run_filed_in_the_dead_letters() -> None:
+    """A retry of an event whose notice was dead-lettered by its first run: the notice is not run
+    again, and the run still reports it dead, so the event's task ends as failed."""
+    store, email = Store(status="dead", attempts=1), Channel()
+    event = Event("event-1", "ApplicationSubmitted", "case-1")
+    outcome = runner(store, {EMAIL: email}).run_event(event)
+    assert outcome.dead == event.jobs() and outcome.failures == ()
+    assert email.sent == [] and store.dead == []  # not filed a second time

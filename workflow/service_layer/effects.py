@@ -91,7 +91,9 @@ class EventRun:
 
     failures: tuple[tuple[Job, Exception], ...] = ()
     not_run: tuple[Job, ...] = ()
-    dead: tuple[Job, ...] = ()  # dead-lettered by this run for their attempt cap
+    # In the dead letters: filed by this run for their attempt cap, or found there, filed by an
+    # earlier run of the event (a permanent error, then a retry for another job's sake).
+    dead: tuple[Job, ...] = ()
 
 
 class JobStore(Protocol):
@@ -176,18 +178,19 @@ class EffectRunner:
         store = self._jobs()
         facts: dict[str, Facts] = {}  # by side: one read of the case for all the event's notices
         failures: list[tuple[Job, Exception]] = []
-        capped: list[Job] = []
+        dead: list[Job] = []
         try:
             for index, job in enumerate(jobs):
                 try:
-                    self._run(store, job, facts, capped)
+                    if self._run(store, job, facts, dead) == "dead" and job not in dead:
+                        dead.append(job)  # filed by an earlier run of this event
                 except Exception as exc:
                     failures.append((job, exc))
                     if isinstance(exc, stop_on):
-                        return EventRun(tuple(failures), jobs[index + 1 :], tuple(capped))
+                        return EventRun(tuple(failures), jobs[index + 1 :], tuple(dead))
         finally:
             store.close()
-        return EventRun(tuple(failures), dead=tuple(capped))
+        return EventRun(tuple(failures), dead=tuple(dead))
 
     def _run(
         self, store: JobStore, job: Job, facts: dict[str, Facts], capped: list[Job] | None = None
