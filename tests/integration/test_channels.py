@@ -139,6 +139,37 @@ def test_a_header_that_would_smuggle_a_line_or_a_second_address_is_refused_for_g
     assert inbox.envelopes == []
 
 
+def test_an_address_in_another_script_goes_by_idna_or_smtputf8_where_the_server_takes_it(
+    smtp: tuple[SmtpChannel, Inbox],
+) -> None:
+    """A Cyrillic domain goes as its ASCII form (IDNA) to any server; a Cyrillic local part goes
+    with SMTPUTF8, which this server offers, and the To line keeps the address as written."""
+    channel, inbox = smtp
+    channel.send(message(EMAIL, "Olena <olena@приклад.укр>", key="evt-1/a"))
+    channel.send(message(EMAIL, "олена@приклад.укр", key="evt-1/b"))
+    (ascii_domain,), (utf8_local,) = (e.rcpt_tos for e in inbox.envelopes)
+    assert ascii_domain == "olena@xn--80aikifvh.xn--j1amh"
+    assert utf8_local == "олена@xn--80aikifvh.xn--j1amh"
+    first, second = inbox.received()
+    assert first["To"] == "Olena <olena@xn--80aikifvh.xn--j1amh>"
+    assert second["To"] == "олена@xn--80aikifvh.xn--j1amh"
+    assert [e.smtp_utf8 for e in inbox.envelopes] == [False, True]
+
+
+def test_a_local_part_in_another_script_is_refused_for_good_by_a_server_without_smtputf8() -> None:
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        channel = SmtpChannel("127.0.0.1", controller.port, FROM, timeout=5)
+        with pytest.raises(PermanentDeliveryError, match="SMTPUTF8"):
+            channel.send(message(EMAIL, "олена@example.org"))
+        channel.send(message(EMAIL, "olena@example.org"))  # the next message still goes
+        assert [e.rcpt_tos for e in inbox.envelopes] == [["olena@example.org"]]
+    finally:
+        controller.stop()
+
+
 def test_a_resend_carries_the_same_message_id_and_another_event_a_different_one(
     smtp: tuple[SmtpChannel, Inbox],
 ) -> None:

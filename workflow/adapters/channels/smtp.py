@@ -11,6 +11,7 @@ import smtplib
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, getaddresses, parseaddr
 
@@ -52,16 +53,37 @@ def _header(name: str, value: str) -> str:
     return f"{name}: {value}"
 
 
-def _address(value: str) -> tuple[str, str]:
-    """The one recipient: its envelope address and its To header (``Name <a@b>`` keeps its name).
-    Two addresses, none, or an address that is not ASCII (it would need SMTPUTF8) are refused."""
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    envelope: str  # the address for RCPT TO: its domain in ASCII (IDNA)
+    header: str  # the To line
+    utf8: bool  # a local part in UTF-8: sent only where the server takes it (SMTPUTF8)
+
+
+def _address(value: str) -> Recipient:
+    """The one recipient (``Name <a@b>`` keeps its name). A domain in another script (приклад.укр)
+    goes in its ASCII form (IDNA: xn--...), which every server takes; a local part in another
+    script needs the server's SMTPUTF8 (RFC 6531), and the message then goes as UTF-8. Two
+    addresses, none, or a domain IDNA cannot write are refused for good."""
     if "\r" in value or "\n" in value:
         raise PermanentDeliveryError("unsendable header: a line break in To")
     found = getaddresses([value])
-    if len(found) != 1 or "@" not in found[0][1] or not found[0][1].isascii():
-        raise PermanentDeliveryError("unsendable header: To is not one ASCII address")
+    if len(found) != 1 or "@" not in found[0][1]:
+        raise PermanentDeliveryError("unsendable header: To is not one address")
     name, address = found[0]
-    return address, _header("To", formataddr((name, address)) if name else address)
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        raise PermanentDeliveryError("unsendable header: To is not one address")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise PermanentDeliveryError("unsendable header: To has a domain IDNA cannot encode") from None
+    envelope = f"{local}@{domain}"
+    if local.isascii():
+        return Recipient(envelope, _header("To", formataddr((name, envelope)) if name else envelope), False)
+    # RFC 6532: the address as it is in the header; a name is still an encoded word.
+    return Recipient(envelope, f"To: {formataddr((name, envelope)) if name else envelope}", True)
 
 
 def _body(text: str) -> tuple[str, bytes]:
@@ -110,16 +132,16 @@ class SmtpChannel:
         self._smtp: smtplib.SMTP | None = None
         self._pid, self._used, self._last_used = 0, 0, 0.0
 
-    def build(self, message: Message) -> tuple[str, bytes]:
-        """The recipient's address and the message as it goes over the wire. Written out by
+    def build(self, message: Message) -> tuple[Recipient, bytes]:
+        """The recipient and the message as it goes over the wire. Written out by
         hand, not through ``email.message.EmailMessage``: building and flattening one with the
         standard library's modern policy took a third of a worker's CPU per job
         (bench/pipeline.py); what a mail reader sees is the same."""
-        recipient, to = _address(message.recipient)
+        to = _address(message.recipient)
         encoding, body = _body(message.body)
         headers = [
             self._from_header,
-            to,
+            to.header,
             _header("Subject", message.subject),
             f"Message-ID: {message_id(message.idempotency_key, self._from)}",
             f"Date: {formatdate(localtime=False, usegmt=True)}",
@@ -129,7 +151,8 @@ class SmtpChannel:
             _header("Content-Language", message.language),
             _header(IDEMPOTENCY_HEADER, message.idempotency_key),
         ]
-        return recipient, (CRLF.join(headers) + CRLF + CRLF).encode("ascii") + body
+        head = (CRLF.join(headers) + CRLF + CRLF).encode("utf-8" if to.utf8 else "ascii")
+        return to, head + body
 
     def send(self, message: Message) -> None:
         recipient, email = self.build(message)
@@ -143,7 +166,7 @@ class SmtpChannel:
         except smtplib.SMTPResponseException as exc:
             raise _classify(exc.smtp_code, type(exc).__name__) from None
         except smtplib.SMTPNotSupportedError:
-            raise PermanentDeliveryError("the server does not support STARTTLS or AUTH") from None
+            raise PermanentDeliveryError("the server does not support STARTTLS, AUTH or SMTPUTF8") from None
         except OSError as exc:  # refused, reset, timed out, disconnected (SMTPException is an OSError)
             raise TransientDeliveryError(f"SMTP connection failed: {type(exc).__name__}") from None
         log.info("notification.sent", channel="email", delivery_id=message.idempotency_key)
@@ -152,12 +175,15 @@ class SmtpChannel:
         with self._lock:
             self._drop(polite=True)
 
-    def _send(self, recipient: str, email: bytes) -> None:
+    def _send(self, recipient: Recipient, email: bytes) -> None:
+        # SMTPUTF8 only where the address needs it; smtplib refuses it (SMTPNotSupportedError)
+        # before MAIL FROM when the server does not offer it.
+        options = ["SMTPUTF8"] if recipient.utf8 else []
         for first_try in (True, False):
             reused = self._reusable()
             smtp = self._smtp if reused and self._smtp is not None else self._connect()
             try:
-                smtp.sendmail(self._envelope_from, [recipient], email)
+                smtp.sendmail(self._envelope_from, [recipient.envelope], email, mail_options=options)
             except (smtplib.SMTPServerDisconnected, ConnectionError):
                 self._drop()
                 if reused and first_try:
