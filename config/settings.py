@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     timer_poll_seconds: float = Field(default=10.0, gt=0)
     timer_batch_size: int = Field(default=100, gt=0)
 
+    # The relay publishes again an event sent this long ago whose jobs have neither all finished
+    # nor started since (its message was lost: a broker that lost what it held, a worker that did
+    # not know the task). Above the longest quiet spell of a live event: a retry's backoff
+    # (120 s) plus the hard time limit (90 s) plus the queue's wait.
+    redeliver_after_seconds: float = Field(default=900.0, gt=0)
+
     # Readiness (GET /health/ready): unready when the oldest committed event still waiting for
     # the relay is older than this; the relay hands events over within a second when it runs.
     ready_max_outbox_age_seconds: float = Field(default=60.0, gt=0)

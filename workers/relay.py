@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -17,6 +18,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 
 from workers.jobs import send_event
 from workflow.adapters.relay import OutboxMessage, OutboxRelay
+from workflow.domain.effects import EFFECTS
 from workflow.service_layer.effects import Event, runnable_effects
 
 log = structlog.get_logger(__name__)
@@ -69,6 +71,15 @@ class Waker:
             pass
 
 
+# How often the relay looks for events whose message was lost (see OutboxRelay.redeliver_stalled).
+SWEEP_SECONDS = 60.0
+
+
+def jobs_per_type() -> dict[str, int]:
+    """Each event type with effects, and its number of jobs."""
+    return {event_type: len(runnable_effects(event_type)) for event_type in EFFECTS}
+
+
 def run(
     db: Engine,
     app: Celery,
@@ -76,9 +87,12 @@ def run(
     interval: float = 1.0,
     *,
     heartbeat: Path | None = DEFAULT_HEARTBEAT,
+    redeliver_after: timedelta = timedelta(minutes=15),
+    sweep_every: float = SWEEP_SECONDS,
 ) -> None:
-    relay = OutboxRelay(db, celery_publisher(app))
+    relay = OutboxRelay(db, celery_publisher(app), jobs_per_type=jobs_per_type())
     waker, backoff = Waker(db, interval), interval
+    next_sweep = time.monotonic() + sweep_every
     if heartbeat is not None:
         heartbeat.parent.mkdir(parents=True, exist_ok=True)
     log.info("relay.started", database=db.dialect.name)
@@ -87,6 +101,9 @@ def run(
             heartbeat.touch()
         try:
             moved = relay.relay_once()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + sweep_every
+                relay.redeliver_stalled(redeliver_after)
             backoff = interval
         except (BrokerError, BatchPublishError, DatabaseError) as exc:
             # Rows stay unsent; they go out when the broker (or database) is back.
@@ -99,12 +116,14 @@ def run(
 
 
 def main() -> None:
+    from config.settings import get_settings
     from workers.app import app
     from workflow.bootstrap import bootstrap
 
     stop = threading.Event()
+    after = timedelta(seconds=get_settings().redeliver_after_seconds)
     try:
-        run(bootstrap().db, app, stop)
+        run(bootstrap().db, app, stop, redeliver_after=after)
     except KeyboardInterrupt:
         stop.set()
 

@@ -12,7 +12,7 @@ import signal
 import socket
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
@@ -160,6 +160,7 @@ def relay(
     if check:
         _fresh(heartbeat, max_age, "relay")
         return
+    from config.settings import get_settings
     from workers import relay as outbox_relay
     from workflow.bootstrap import bootstrap
 
@@ -172,8 +173,9 @@ def relay(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     db = bootstrap().db
+    after = timedelta(seconds=get_settings().redeliver_after_seconds)
     try:
-        outbox_relay.run(db, _celery(), stop, interval, heartbeat=heartbeat)
+        outbox_relay.run(db, _celery(), stop, interval, heartbeat=heartbeat, redeliver_after=after)
     finally:
         db.dispose()
 

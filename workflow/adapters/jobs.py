@@ -362,7 +362,10 @@ class SqlDeadLetters:
             for letter, job in zip(letters, jobs, strict=True):
                 conn.execute(update(tb.dead_letters).where(dl.id == letter.id).values(replayed_at=now))
                 conn.execute(
-                    update(tb.jobs).where(_key(job)).values(status="pending", attempts=0, finished_at=None)
+                    # started_at: the relay's search for lost messages sees the job as live.
+                    update(tb.jobs)
+                    .where(_key(job))
+                    .values(status="pending", attempts=0, finished_at=None, started_at=now)
                 )
             for job in jobs:
                 publish(job)

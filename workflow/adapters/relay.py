@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, bindparam, func, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, case, exists, func, literal, or_, select, update
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
@@ -72,13 +72,57 @@ def _claim_and_mark(batch_size: int) -> Any:
     )
 
 
+j = tb.jobs.c
+FINISHED = ("done", "dead")
+
+
+def _stalled(batch_size: int, jobs_per_type: Mapping[str, int], postgres: bool) -> Any:
+    """Outbox rows sent between ``horizon`` and ``cutoff`` whose event is not settled: fewer of
+    its jobs finished (done or dead-lettered) than it has effects, and none of them started
+    since ``cutoff``. Its message was lost on the way (a broker that lost what it held, a worker
+    that did not know the task and dropped it) or its retry was. In id order; on PostgreSQL
+    claimed with SKIP LOCKED, so two relays redeliver different rows."""
+    expected = case(
+        {event_type: count for event_type, count in jobs_per_type.items()},
+        value=o.event_type,
+        else_=literal(0),
+    )
+    finished = (
+        select(func.count())
+        .where(j.event_id == o.event_id, or_(j.status == FINISHED[0], j.status == FINISHED[1]))
+        .scalar_subquery()
+    )
+    recent = exists().where(j.event_id == o.event_id, j.started_at >= bindparam("cutoff"))
+    query = (
+        select(*_COLUMNS)
+        .where(
+            and_(o.sent_at < bindparam("cutoff"), o.sent_at >= bindparam("horizon")),
+            o.event_type.in_(list(jobs_per_type)),
+            finished < expected,
+            ~recent,
+        )
+        .order_by(o.id)
+        .limit(batch_size)
+    )
+    return query.with_for_update(skip_locked=True) if postgres else query
+
+
 class OutboxRelay:
-    def __init__(self, db: Engine, publish: Publish, batch_size: int = 500) -> None:
+    def __init__(
+        self,
+        db: Engine,
+        publish: Publish,
+        batch_size: int = 500,
+        jobs_per_type: Mapping[str, int] | None = None,
+    ) -> None:
         self._db, self._publish, self.batch_size = db, publish, batch_size
         # SKIP LOCKED lets relays share the table; SQLite has one writer, so one relay.
         self._postgres = db.dialect.name == "postgresql"
         self._claim = _UNSENT.order_by(o.id).limit(batch_size)
         self._claim_and_mark = _claim_and_mark(batch_size)
+        # Event types with effects, and how many jobs each has (redeliver_stalled's yardstick).
+        self._jobs_per_type = {t: n for t, n in (jobs_per_type or {}).items() if n > 0}
+        self._stalled = _stalled(batch_size, self._jobs_per_type, self._postgres)
 
     def relay_once(self) -> int:
         """Publishes one batch and marks it sent in the same transaction; a failed publish
@@ -106,6 +150,27 @@ class OutboxRelay:
                     {"ids": [m.id for m in batch]},
                 )
         log.debug("outbox.relayed", count=len(batch))
+        return len(batch)
+
+    def redeliver_stalled(self, after: timedelta, within: timedelta = timedelta(days=1)) -> int:
+        """Publishes again the events sent between ``within`` and ``after`` ago that are not
+        settled (see ``_stalled``), and stamps them sent now, so each goes again at most once per
+        ``after``; the jobs inbox makes a copy of a message that was not lost after all do
+        nothing. A redelivered event may arrive after later events of its case. Returns how
+        many went."""
+        if not self._jobs_per_type:
+            return 0
+        now = _now()
+        params = {"cutoff": now - after, "horizon": now - within}
+        with writing(self._db) as conn:
+            batch = [OutboxMessage(*row) for row in conn.execute(self._stalled, params)]
+            if not batch:
+                return 0
+            self._publish(batch)
+            conn.execute(
+                _MARK_SENT.values(sent_at=now, attempts=o.attempts + 1), {"ids": [m.id for m in batch]}
+            )
+        log.warning("outbox.redelivered", count=len(batch), first_event_id=batch[0].event_id)
         return len(batch)
 
 

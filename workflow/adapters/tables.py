@@ -188,6 +188,8 @@ outbox = Table(
         postgresql_where=text("sent_at IS NULL"),
         sqlite_where=text("sent_at IS NULL"),
     ),
+    # The relay's search for events whose message was lost: rows sent within a window.
+    Index("ix_outbox_sent_at", "sent_at"),
 )
 
 idempotency_keys = Table(
