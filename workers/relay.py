@@ -5,19 +5,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import structlog
 from celery import Celery
-from kombu.exceptions import BatchPublishError
+from kombu.exceptions import BatchPublishError, ChannelError
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError as DatabaseError
 
 from workers.jobs import send_event
-from workflow.adapters.relay import OutboxMessage, OutboxRelay
+from workflow.adapters.jobs import SqlJobStore
+from workflow.adapters.relay import MAX_SENDS, OutboxMessage, OutboxRelay
 from workflow.domain.effects import EFFECTS
 from workflow.service_layer.effects import Event, runnable_effects
 
@@ -80,6 +81,45 @@ def jobs_per_type() -> dict[str, int]:
     return {event_type: len(runnable_effects(event_type)) for event_type in EFFECTS}
 
 
+def queue_is_empty(app: Celery) -> bool:
+    """Nothing waits in the workers' queue. Only then is an unsettled event's message lost
+    rather than queued behind others (workers down or behind): no copies pile up meanwhile."""
+    with app.connection_for_read() as conn:
+        try:
+            _, waiting, _ = conn.default_channel.queue_declare(
+                queue=app.conf.task_default_queue, passive=True
+            )
+        except ChannelError:  # never declared: no worker has ever listened, nothing waits
+            return True
+        return int(waiting) == 0
+
+
+def file_lost(db: Engine) -> Callable[[OutboxMessage], None]:
+    """Files the unfinished jobs of an event sent MAX_SENDS times and never run in the dead
+    letters (a job already done or dead stays as it is), where `avrr ops replay` takes them."""
+    store = SqlJobStore(db)
+
+    def give_up(message: OutboxMessage) -> None:
+        error = f"message lost: sent {MAX_SENDS} times, never run"
+        for job in Event(message.event_id, message.event_type, message.case_id).jobs():
+            store.dead_letter(job, error, datetime.now(UTC))
+        log.error("outbox.given_up", event_id=message.event_id, case_id=message.case_id)
+
+    return give_up
+
+
+def sweep(
+    relay: OutboxRelay, app: Celery, after: timedelta, give_up: Callable[[OutboxMessage], None]
+) -> None:
+    """One search for lost messages (OutboxRelay.redeliver_stalled), when the queue is empty."""
+    if not queue_is_empty(app):
+        return
+    found = relay.redeliver_stalled(after)
+    for message in found.given_up:
+        give_up(message)
+    relay.settle([m.id for m in found.given_up])
+
+
 def run(
     db: Engine,
     app: Celery,
@@ -91,6 +131,7 @@ def run(
     sweep_every: float = SWEEP_SECONDS,
 ) -> None:
     relay = OutboxRelay(db, celery_publisher(app), jobs_per_type=jobs_per_type())
+    give_up = file_lost(db)
     waker, backoff = Waker(db, interval), interval
     next_sweep = time.monotonic() + sweep_every
     if heartbeat is not None:
@@ -103,7 +144,7 @@ def run(
             moved = relay.relay_once()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + sweep_every
-                relay.redeliver_stalled(redeliver_after)
+                sweep(relay, app, redeliver_after, give_up)
             backoff = interval
         except (BrokerError, BatchPublishError, DatabaseError) as exc:
             # Rows stay unsent; they go out when the broker (or database) is back.

@@ -130,6 +130,10 @@ def handle_event(
         log.warning("event.filing_failed", error=type(exc).__name__, retry_in=round(delay, 2))
         raise self.retry(countdown=delay, max_retries=self.request.retries + 1) from None
     dead = [job.effect for job in outcome.dead] + [job.effect for job, _ in give_up]
+    if self.request.retries > 0:
+        # A retry of the run that filed them: the event's outcome includes them. A copy of an
+        # event's message (a redelivery, a resend) does not count a failure again.
+        dead += [job.effect for job in outcome.dead_before]
     if spent or (not retry and not outcome.not_run):
         if dead:
             raise JobsDeadLettered(", ".join(dead))

@@ -147,13 +147,19 @@ def test_an_address_in_another_script_goes_by_idna_or_smtputf8_where_the_server_
     channel, inbox = smtp
     channel.send(message(EMAIL, "Olena <olena@приклад.укр>", key="evt-1/a"))
     channel.send(message(EMAIL, "олена@приклад.укр", key="evt-1/b"))
-    (ascii_domain,), (utf8_local,) = (e.rcpt_tos for e in inbox.envelopes)
-    assert ascii_domain == "olena@xn--80aikifvh.xn--j1amh"
-    assert utf8_local == "олена@xn--80aikifvh.xn--j1amh"
-    first, second = inbox.received()
+    channel.send(message(EMAIL, "Олена Коваль <олена@приклад.укр>", key="evt-1/c"))
+    channel.send(message(EMAIL, "hans@faß.de", key="evt-1/d"))  # IDNA 2008: ß stays itself
+    assert [e.rcpt_tos for e in inbox.envelopes] == [
+        ["olena@xn--80aikifvh.xn--j1amh"],
+        ["олена@xn--80aikifvh.xn--j1amh"],
+        ["олена@xn--80aikifvh.xn--j1amh"],
+        ["hans@xn--fa-hia.de"],
+    ]
+    first, second, third, _ = inbox.received()
     assert first["To"] == "Olena <olena@xn--80aikifvh.xn--j1amh>"
     assert second["To"] == "олена@xn--80aikifvh.xn--j1amh"
-    assert [e.smtp_utf8 for e in inbox.envelopes] == [False, True]
+    assert third["To"] == "Олена Коваль <олена@xn--80aikifvh.xn--j1amh>"
+    assert [e.smtp_utf8 for e in inbox.envelopes] == [False, True, True, False]
 
 
 def test_a_local_part_in_another_script_is_refused_for_good_by_a_server_without_smtputf8() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select, update
 
 from config.celery import celery_config
 from tests.integration.processes import RedisServer, start_worker, stop, wait_for
@@ -19,9 +19,10 @@ from tests.servers import smtp_server
 from tests.support import advance_to, jobs_of
 from workers import relay
 from workflow.adapters import tables as tb
-from workflow.adapters.relay import OutboxMessage, OutboxRelay
+from workflow.adapters.jobs import SqlDeadLetters, SqlJobStore
+from workflow.adapters.relay import MAX_SENDS, OutboxMessage, OutboxRelay, Sweep
 from workflow.bootstrap import App
-from workflow.service_layer.effects import runnable_effects
+from workflow.service_layer.effects import Job, runnable_effects
 
 o = tb.outbox.c
 
@@ -44,7 +45,46 @@ def _attempts(app: App, case_id: str) -> dict[str, int]:
         return {event_id: attempts for event_id, attempts in rows}
 
 
-def test_sent_events_whose_jobs_never_finished_go_again_and_settled_ones_do_not(app: App) -> None:
+def _backdate(app: App, case_id: str, sent: timedelta) -> None:
+    """The case's events were sent this long ago."""
+    with app.db.begin() as conn:
+        conn.execute(update(tb.outbox).where(o.case_id == case_id).values(sent_at=datetime.now(UTC) - sent))
+
+
+def _finish(app: App, jobs: Sequence[Job], started: datetime, statuses: Sequence[str]) -> None:
+    with app.db.begin() as conn:
+        for job, status in zip(jobs, statuses, strict=True):
+            conn.execute(
+                insert(tb.jobs),
+                {
+                    "event_id": job.event_id,
+                    "effect": job.effect,
+                    "case_id": job.case_id,
+                    "event_type": job.event_type,
+                    "status": status,
+                    "attempts": 1,
+                    "started_at": started,
+                    "finished_at": None if status == "running" else started,
+                },
+            )
+
+
+def _only_last_event_unsettled(app: App, case_id: str) -> str:
+    """The case's earlier events' jobs are done: only its last event's are not. Returns its id."""
+    jobs = jobs_of(app, case_id)
+    last = jobs[-1].event_id
+    earlier = [job for job in jobs if job.event_id != last]
+    _finish(app, earlier, datetime.now(UTC) - timedelta(days=3), ["done"] * len(earlier))
+    return last
+
+
+def _settled(app: App, case_id: str) -> dict[str, bool]:
+    with app.db.connect() as conn:
+        rows = conn.execute(select(o.event_id, o.settled_at).where(o.case_id == case_id))
+        return {event_id: settled is not None for event_id, settled in rows}
+
+
+def test_sent_events_whose_jobs_never_finished_go_again_and_settled_ones_are_marked(app: App) -> None:
     case_id = advance_to(app, "return_approved")
     published: list[str] = []
     outbox = _relay(app, published)
@@ -54,34 +94,26 @@ def test_sent_events_whose_jobs_never_finished_go_again_and_settled_ones_do_not(
 
     # Sent just now: still in flight as far as anyone can tell.
     published.clear()
-    assert outbox.redeliver_stalled(after=timedelta(minutes=15)) == 0
+    assert outbox.redeliver_stalled(after=timedelta(minutes=15)) == Sweep()
 
     # The first event's jobs are finished (one done, any others dead-lettered): it is settled.
     first = [job for job in jobs_of(app, case_id) if job.event_id == events[0]]
-    now = datetime.now(UTC)
-    with app.db.begin() as conn:
-        for index, job in enumerate(first):
-            conn.execute(
-                insert(tb.jobs),
-                {
-                    "event_id": job.event_id,
-                    "effect": job.effect,
-                    "case_id": case_id,
-                    "event_type": job.event_type,
-                    "status": "done" if index == 0 else "dead",
-                    "attempts": 1,
-                    "started_at": now - timedelta(hours=1),
-                    "finished_at": now - timedelta(hours=1),
-                },
-            )
-    assert outbox.redeliver_stalled(after=timedelta(0)) == len(events) - 1
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    _finish(app, first, an_hour_ago, ["done"] + ["dead"] * (len(first) - 1))
+    _backdate(app, case_id, timedelta(hours=1))
+    sweep = outbox.redeliver_stalled(after=timedelta(minutes=15))
+    with app.db.connect() as conn:
+        sent = conn.scalar(select(func.count()).select_from(tb.outbox).where(o.case_id == case_id))
+    # Settled: the first event, and the events without effects (nothing to wait for).
+    assert (sweep.resent, sweep.settled, sweep.given_up) == (len(events) - 1, sent - len(events) + 1, ())
     assert published == events[1:]
-    attempts = _attempts(app, case_id)
+    attempts, settled = _attempts(app, case_id), _settled(app, case_id)
     assert [attempts[e] for e in events] == [1] + [2] * (len(events) - 1)
+    assert [settled[e] for e in events] == [True] + [False] * (len(events) - 1)
 
     # Stamped sent again: each goes at most once per period.
     published.clear()
-    assert outbox.redeliver_stalled(after=timedelta(minutes=1)) == 0
+    assert outbox.redeliver_stalled(after=timedelta(minutes=1)) == Sweep()
     assert published == []
 
 
@@ -91,24 +123,69 @@ def test_an_event_whose_job_started_lately_is_left_to_its_retries(app: App) -> N
     outbox = _relay(app, published)
     outbox.relay_once()
     job = jobs_of(app, case_id)[-1]
-    with app.db.begin() as conn:
-        conn.execute(
-            insert(tb.jobs),
-            {
-                "event_id": job.event_id,
-                "effect": job.effect,
-                "case_id": case_id,
-                "event_type": job.event_type,
-                "status": "running",  # between attempts: its retry waits in the broker
-                "attempts": 2,
-                "started_at": datetime.now(UTC),
-            },
-        )
+    # Sent an hour ago; its job started a minute ago (between attempts: its retry waits).
+    _backdate(app, case_id, timedelta(hours=1))
+    _finish(app, [job], datetime.now(UTC) - timedelta(minutes=1), ["running"])
     published.clear()
-    assert outbox.redeliver_stalled(after=timedelta(seconds=30)) == 0  # not sent 30 s ago yet
+    outbox.redeliver_stalled(after=timedelta(minutes=15))
     assert job.event_id not in published
-    outbox.redeliver_stalled(after=timedelta(0))  # cutoff now: the job started before it
+    outbox.redeliver_stalled(after=timedelta(seconds=30))  # its job has been quiet for longer
     assert job.event_id in published
+
+
+def test_an_event_sent_four_times_and_never_run_is_given_up(app: App) -> None:
+    case_id = advance_to(app, "application_submitted")
+    published: list[str] = []
+    outbox = _relay(app, published)
+    outbox.relay_once()
+    event = _only_last_event_unsettled(app, case_id)
+    for _ in range(MAX_SENDS - 1):
+        _backdate(app, case_id, timedelta(hours=1))
+        assert outbox.redeliver_stalled(timedelta(minutes=15)).resent == 1
+    _backdate(app, case_id, timedelta(hours=1))
+    sweep = outbox.redeliver_stalled(timedelta(minutes=15))
+    assert [m.event_id for m in sweep.given_up] == [event] and sweep.resent == 0
+    assert published.count(event) == MAX_SENDS  # the first send and three more, no fifth
+    # The relay process files its jobs in the dead letters, then settles it.
+    relay.file_lost(app.db)(sweep.given_up[0])
+    outbox.settle([sweep.given_up[0].id])
+    letters = SqlDeadLetters(app.db).open()
+    error = f"message lost: sent {MAX_SENDS} times, never run"
+    assert {(d.event_id, d.error) for d in letters} == {(event, error)}
+    assert _settled(app, case_id)[event]
+    _backdate(app, case_id, timedelta(hours=2))
+    assert outbox.redeliver_stalled(timedelta(minutes=15)) == Sweep()  # settled: not looked at again
+
+
+def test_a_replayed_dead_letter_is_watched_again_with_a_fresh_budget(app: App) -> None:
+    case_id = advance_to(app, "application_submitted")
+    published: list[str] = []
+    outbox = _relay(app, published)
+    outbox.relay_once()
+    _only_last_event_unsettled(app, case_id)
+    job = jobs_of(app, case_id)[-1]
+    _backdate(app, case_id, timedelta(days=3))
+    _finish(app, [job], datetime.now(UTC) - timedelta(days=3), ["running"])
+    SqlJobStore(app.db).dead_letter(job, "PermanentDeliveryError: refused", datetime.now(UTC))
+    outbox.redeliver_stalled(timedelta(minutes=15))  # every job finished: settled
+    assert _settled(app, case_id)[job.event_id]
+
+    replayed: list[Job] = []
+    SqlDeadLetters(app.db).replay(None, datetime.now(UTC), replayed.append)
+    assert replayed == [job]
+    assert not _settled(app, case_id)[job.event_id] and _attempts(app, case_id)[job.event_id] == 1
+    published.clear()
+    outbox.redeliver_stalled(timedelta(minutes=15))  # the replay's message is on its way
+    assert published == []
+    _backdate(app, case_id, timedelta(hours=1))
+    with app.db.begin() as conn:  # ... and was lost: the job never started again
+        conn.execute(
+            update(tb.jobs)
+            .where(tb.jobs.c.event_id == job.event_id)
+            .values(started_at=datetime.now(UTC) - timedelta(hours=1))
+        )
+    outbox.redeliver_stalled(timedelta(minutes=15))
+    assert published == [job.event_id]
 
 
 @pytest.mark.postgres
@@ -165,3 +242,26 @@ def _job_attempts(app: App, case_id: str) -> list[int]:
     j = tb.jobs.c
     with app.db.connect() as conn:
         return list(conn.scalars(select(j.attempts).where(j.case_id == case_id)))
+
+
+@pytest.mark.postgres
+def test_nothing_goes_again_while_messages_wait_in_the_queue(pg_app: App, redis_server: RedisServer) -> None:
+    """Workers down: the events wait in Redis, unsettled. The sweep leaves them, so no copies
+    pile up behind them however long the outage; once the queue is empty they can go again."""
+    celery = Celery("avrr-test")
+    celery.conf.update(celery_config(redis_server.url()))
+    outbox = OutboxRelay(pg_app.db, relay.celery_publisher(celery), jobs_per_type=relay.jobs_per_type())
+    case_id = advance_to(pg_app, "return_approved")
+    outbox.relay_once()
+    _backdate(pg_app, case_id, timedelta(hours=1))
+    before = _attempts(pg_app, case_id)
+    assert not relay.queue_is_empty(celery)
+    relay.sweep(outbox, celery, timedelta(minutes=15), relay.file_lost(pg_app.db))
+    assert _attempts(pg_app, case_id) == before
+
+    redis_server.client().flushdb()  # lost after all
+    assert relay.queue_is_empty(celery)
+    relay.sweep(outbox, celery, timedelta(minutes=15), relay.file_lost(pg_app.db))
+    events = _with_effects(pg_app, case_id)
+    assert [_attempts(pg_app, case_id)[e] for e in events] == [2] * len(events)
+    celery.close()

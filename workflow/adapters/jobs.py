@@ -367,6 +367,13 @@ class SqlDeadLetters:
                     .where(_key(job))
                     .values(status="pending", attempts=0, finished_at=None, started_at=now)
                 )
+                # The event is watched again by that search, with a fresh budget of sends: should
+                # the replay's message be lost, the event goes again.
+                conn.execute(
+                    update(tb.outbox)
+                    .where(tb.outbox.c.event_id == job.event_id)
+                    .values(settled_at=None, sent_at=now, attempts=1)
+                )
             for job in jobs:
                 publish(job)
         return jobs

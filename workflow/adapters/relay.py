@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, and_, bindparam, case, exists, func, literal, or_, select, update
+from sqlalchemy import Engine, bindparam, case, exists, func, literal, or_, select, update
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
@@ -74,14 +74,18 @@ def _claim_and_mark(batch_size: int) -> Any:
 
 j = tb.jobs.c
 FINISHED = ("done", "dead")
+# An event sent this many times in all (the first send and the resends) whose jobs still never
+# ran is given up: its unfinished jobs go to the dead letters, where ops see and replay them.
+MAX_SENDS = 4
 
 
-def _stalled(batch_size: int, jobs_per_type: Mapping[str, int], postgres: bool) -> Any:
-    """Outbox rows sent between ``horizon`` and ``cutoff`` whose event is not settled: fewer of
-    its jobs finished (done or dead-lettered) than it has effects, and none of them started
-    since ``cutoff``. Its message was lost on the way (a broker that lost what it held, a worker
-    that did not know the task and dropped it) or its retry was. In id order; on PostgreSQL
-    claimed with SKIP LOCKED, so two relays redeliver different rows."""
+def _unsettled(batch_size: int, jobs_per_type: Mapping[str, int], postgres: bool) -> Any:
+    """The oldest sent rows not yet settled, sent before ``cutoff``, each with whether its event
+    is settled now (as many of its jobs finished, done or dead-lettered, as it has effects; an
+    event without effects at once) and whether a job of it started since ``cutoff`` (a retry
+    chain still alive). A partial index holds only the unsettled rows: the search reads the rows
+    that came of age since the last one, not the day's outbox. On PostgreSQL claimed with SKIP
+    LOCKED, so two relays take different rows."""
     expected = case(
         {event_type: count for event_type, count in jobs_per_type.items()},
         value=o.event_type,
@@ -94,17 +98,21 @@ def _stalled(batch_size: int, jobs_per_type: Mapping[str, int], postgres: bool) 
     )
     recent = exists().where(j.event_id == o.event_id, j.started_at >= bindparam("cutoff"))
     query = (
-        select(*_COLUMNS)
-        .where(
-            and_(o.sent_at < bindparam("cutoff"), o.sent_at >= bindparam("horizon")),
-            o.event_type.in_(list(jobs_per_type)),
-            finished < expected,
-            ~recent,
-        )
-        .order_by(o.id)
+        select(*_COLUMNS, o.attempts, (finished >= expected).label("settled"), recent.label("recent"))
+        .where(o.sent_at.is_not(None), o.settled_at.is_(None), o.sent_at < bindparam("cutoff"))
+        .order_by(o.sent_at, o.id)
         .limit(batch_size)
     )
-    return query.with_for_update(skip_locked=True) if postgres else query
+    return query.with_for_update(skip_locked=True, of=tb.outbox) if postgres else query
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """What one search for lost messages did."""
+
+    settled: int = 0  # events found settled: not looked at again
+    resent: int = 0  # events published again
+    given_up: tuple[OutboxMessage, ...] = ()  # sent MAX_SENDS times and never run: for the caller
 
 
 class OutboxRelay:
@@ -122,7 +130,7 @@ class OutboxRelay:
         self._claim_and_mark = _claim_and_mark(batch_size)
         # Event types with effects, and how many jobs each has (redeliver_stalled's yardstick).
         self._jobs_per_type = {t: n for t, n in (jobs_per_type or {}).items() if n > 0}
-        self._stalled = _stalled(batch_size, self._jobs_per_type, self._postgres)
+        self._unsettled = _unsettled(5 * batch_size, self._jobs_per_type, self._postgres)
 
     def relay_once(self) -> int:
         """Publishes one batch and marks it sent in the same transaction; a failed publish
@@ -152,26 +160,39 @@ class OutboxRelay:
         log.debug("outbox.relayed", count=len(batch))
         return len(batch)
 
-    def redeliver_stalled(self, after: timedelta, within: timedelta = timedelta(days=1)) -> int:
-        """Publishes again the events sent between ``within`` and ``after`` ago that are not
-        settled (see ``_stalled``), and stamps them sent now, so each goes again at most once per
-        ``after``; the jobs inbox makes a copy of a message that was not lost after all do
-        nothing. A redelivered event may arrive after later events of its case. Returns how
-        many went."""
+    def redeliver_stalled(self, after: timedelta) -> Sweep:
+        """Looks at the sent rows not yet settled that were sent at least ``after`` ago: a
+        settled event is marked so (``settled_at``) and not looked at again; one none of whose
+        jobs started since is published again and stamped sent now (``attempts`` counts the
+        sends), so it goes again at most once per ``after``; a copy of a message that was not
+        lost after all does nothing (the jobs inbox). One sent ``MAX_SENDS`` times is returned
+        as given up, for the caller to file its jobs in the dead letters and then mark it with
+        ``settle``. A resent event may arrive after later events of its case."""
         if not self._jobs_per_type:
-            return 0
+            return Sweep()
         now = _now()
-        params = {"cutoff": now - after, "horizon": now - within}
         with writing(self._db) as conn:
-            batch = [OutboxMessage(*row) for row in conn.execute(self._stalled, params)]
-            if not batch:
-                return 0
-            self._publish(batch)
-            conn.execute(
-                _MARK_SENT.values(sent_at=now, attempts=o.attempts + 1), {"ids": [m.id for m in batch]}
-            )
-        log.warning("outbox.redelivered", count=len(batch), first_event_id=batch[0].event_id)
-        return len(batch)
+            rows = conn.execute(self._unsettled, {"cutoff": now - after}).all()
+            settled = [row.id for row in rows if row.settled]
+            stalled = [row for row in rows if not row.settled and not row.recent]
+            resend = [OutboxMessage(*row[:6]) for row in stalled if row.attempts < MAX_SENDS]
+            given_up = tuple(OutboxMessage(*row[:6]) for row in stalled if row.attempts >= MAX_SENDS)
+            if resend:
+                self._publish(resend)
+                conn.execute(
+                    _MARK_SENT.values(sent_at=now, attempts=o.attempts + 1), {"ids": [m.id for m in resend]}
+                )
+            if settled:
+                conn.execute(_MARK_SENT.values(settled_at=now), {"ids": settled})
+        if resend:
+            log.warning("outbox.redelivered", count=len(resend), first_event_id=resend[0].event_id)
+        return Sweep(len(settled), len(resend), given_up)
+
+    def settle(self, ids: Sequence[int]) -> None:
+        """Marks rows settled: their jobs are finished, or filed in the dead letters."""
+        if ids:
+            with writing(self._db) as conn:
+                conn.execute(_MARK_SENT.values(settled_at=_now()), {"ids": list(ids)})
 
 
 def _now() -> datetime:

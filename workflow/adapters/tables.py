@@ -180,7 +180,10 @@ outbox = Table(
     Column("payload", Json, nullable=False),
     Column("occurred_at", Stamp, nullable=False),
     Column("sent_at", Stamp),
-    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),  # times sent
+    # Every job of the event finished (or filed in the dead letters): the relay's search for
+    # lost messages looks at it no more.
+    Column("settled_at", Stamp),
     # The relay's query: unsent rows in commit order.
     Index(
         "ix_outbox_unsent",
@@ -188,8 +191,13 @@ outbox = Table(
         postgresql_where=text("sent_at IS NULL"),
         sqlite_where=text("sent_at IS NULL"),
     ),
-    # The relay's search for events whose message was lost: rows sent within a window.
-    Index("ix_outbox_sent_at", "sent_at"),
+    # The relay's search for events whose message was lost: sent rows not yet settled.
+    Index(
+        "ix_outbox_unsettled",
+        "sent_at",
+        postgresql_where=text("sent_at IS NOT NULL AND settled_at IS NULL"),
+        sqlite_where=text("sent_at IS NOT NULL AND settled_at IS NULL"),
+    ),
 )
 
 idempotency_keys = Table(

@@ -91,9 +91,10 @@ class EventRun:
 
     failures: tuple[tuple[Job, Exception], ...] = ()
     not_run: tuple[Job, ...] = ()
-    # In the dead letters: filed by this run for their attempt cap, or found there, filed by an
-    # earlier run of the event (a permanent error, then a retry for another job's sake).
-    dead: tuple[Job, ...] = ()
+    dead: tuple[Job, ...] = ()  # dead-lettered by this run for their attempt cap
+    # Found in the dead letters, filed by an earlier run of the event (say, a permanent error,
+    # then a retry for another job's sake).
+    dead_before: tuple[Job, ...] = ()
 
 
 class JobStore(Protocol):
@@ -179,18 +180,19 @@ class EffectRunner:
         facts: dict[str, Facts] = {}  # by side: one read of the case for all the event's notices
         failures: list[tuple[Job, Exception]] = []
         dead: list[Job] = []
+        before: list[Job] = []
         try:
             for index, job in enumerate(jobs):
                 try:
                     if self._run(store, job, facts, dead) == "dead" and job not in dead:
-                        dead.append(job)  # filed by an earlier run of this event
+                        before.append(job)
                 except Exception as exc:
                     failures.append((job, exc))
                     if isinstance(exc, stop_on):
-                        return EventRun(tuple(failures), jobs[index + 1 :], tuple(dead))
+                        return EventRun(tuple(failures), jobs[index + 1 :], tuple(dead), tuple(before))
         finally:
             store.close()
-        return EventRun(tuple(failures), dead=tuple(dead))
+        return EventRun(tuple(failures), dead=tuple(dead), dead_before=tuple(before))
 
     def _run(
         self, store: JobStore, job: Job, facts: dict[str, Facts], capped: list[Job] | None = None

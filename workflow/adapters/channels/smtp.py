@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from email.header import Header
 from email.utils import formataddr, formatdate, getaddresses, parseaddr
 
+import idna
 import structlog
 
 from workflow.service_layer.notifications import (
@@ -76,14 +77,16 @@ def _address(value: str) -> Recipient:
         raise PermanentDeliveryError("unsendable header: To is not one address")
     if not domain.isascii():
         try:
-            domain = domain.encode("idna").decode("ascii")
-        except UnicodeError:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except (idna.IDNAError, UnicodeError):
             raise PermanentDeliveryError("unsendable header: To has a domain IDNA cannot encode") from None
     envelope = f"{local}@{domain}"
     if local.isascii():
         return Recipient(envelope, _header("To", formataddr((name, envelope)) if name else envelope), False)
-    # RFC 6532: the address as it is in the header; a name is still an encoded word.
-    return Recipient(envelope, f"To: {formataddr((name, envelope)) if name else envelope}", True)
+    # RFC 6532: the address as it is in the header; a name is still quoted or an encoded word
+    # (formataddr does that, but refuses an address that is not ASCII: it gets a stand-in).
+    named = formataddr((name, "a@b")).removesuffix(" <a@b>") + f" <{envelope}>" if name else envelope
+    return Recipient(envelope, f"To: {named}", True)
 
 
 def _body(text: str) -> tuple[str, bytes]:
@@ -155,7 +158,10 @@ class SmtpChannel:
         return to, head + body
 
     def send(self, message: Message) -> None:
-        recipient, email = self.build(message)
+        try:
+            recipient, email = self.build(message)
+        except UnicodeError:  # a header or address no encoding here can carry
+            raise PermanentDeliveryError("unsendable header: cannot be encoded") from None
         # Errors are re-raised ``from None``: smtplib's messages echo the recipient's address.
         try:
             with self._lock:
@@ -183,7 +189,12 @@ class SmtpChannel:
             reused = self._reusable()
             smtp = self._smtp if reused and self._smtp is not None else self._connect()
             try:
+                if options:
+                    smtp.ehlo_or_helo_if_needed()
+                    if not smtp.has_extn("smtputf8"):  # smtplib drops the option on a HELO server
+                        raise smtplib.SMTPNotSupportedError("SMTPUTF8 not supported by server")
                 smtp.sendmail(self._envelope_from, [recipient.envelope], email, mail_options=options)
+                smtp.command_encoding = "ascii"  # smtplib leaves it utf-8 after an SMTPUTF8 send
             except (smtplib.SMTPServerDisconnected, ConnectionError):
                 self._drop()
                 if reused and first_try:
