@@ -92,8 +92,17 @@ class FactSource:
 
     def facts(self, job: Job) -> dict[str, Facts]:
         values = {"case_ref": "C-1", "departure_on": "2026-12-01", "route": "TLL-KBP", "due_on": "2026-12-03"}
-        the_facts = Facts("uk", self.contacts, "et", self.office_email, self.webhook, values)
-        return {ORIGIN: the_facts, DESTINATION: the_facts}
+        origin = Facts("uk", self.contacts, "et", self.office_email, self.webhook, values)
+        # The destination office is another office: its own address, language and endpoint.
+        destination = Facts(
+            "uk",
+            self.contacts,
+            "uk",
+            self.office_email and f"destination-{self.office_email}",
+            self.webhook,
+            values,
+        )
+        return {ORIGIN: origin, DESTINATION: destination}
 
     def handover_package(self, job: Job) -> dict[str, Any]:
         return {"case_id": job.case_id}
@@ -163,7 +172,8 @@ def test_an_event_reads_its_facts_once_for_all_its_notices_and_closes_its_store(
     event = Event("event-1", "TravelRebooked", "case-1")
     outcome = runner(store, {SMS: sms, EMAIL: email}, facts).run_event(event)
     assert outcome.failures == () and outcome.not_run == ()
-    assert [m.recipient for m in email.sent] == ["family@example.org", "office@example.org"]
+    assert [m.recipient for m in email.sent] == ["family@example.org", "destination-office@example.org"]
+    assert email.sent[1].language == "uk"  # the destination office's language, not the origin's
     assert len(sms.sent) == 1 and len(store.tasks) == 2
     assert facts.reads == 1  # once for the event (both sides), not once per notice
     assert store.closed == 1
@@ -222,7 +232,7 @@ def test_a_handover_within_the_deployment_tells_the_destination_office_by_email(
     store, email = Store(), Channel()
     the_job = job("HandoverSent", "deliver_handover:handover_package:destination")
     assert runner(store, {EMAIL: email}).run(the_job) == "done"
-    assert [m.recipient for m in email.sent] == ["office@example.org"] and store.deliveries == {
+    assert [m.recipient for m in email.sent] == ["destination-office@example.org"] and store.deliveries == {
         "local",
         EMAIL,
     }
