@@ -74,6 +74,7 @@ class Waker:
 
 # How often the relay looks for events whose message was lost (see OutboxRelay.redeliver_stalled).
 SWEEP_SECONDS = 60.0
+SWEEP_ROUNDS = 20
 
 
 def jobs_per_type() -> dict[str, int]:
@@ -111,13 +112,18 @@ def file_lost(db: Engine) -> Callable[[OutboxMessage], None]:
 def sweep(
     relay: OutboxRelay, app: Celery, after: timedelta, give_up: Callable[[OutboxMessage], None]
 ) -> None:
-    """One search for lost messages (OutboxRelay.redeliver_stalled), when the queue is empty."""
+    """One search for lost messages (OutboxRelay.redeliver_stalled), when the queue is empty:
+    rounds of the search's size until fewer rows come of age (a busy minute holds more than
+    one round), at most SWEEP_ROUNDS, so new events are not held up for long."""
     if not queue_is_empty(app):
         return
-    found = relay.redeliver_stalled(after)
-    for message in found.given_up:
-        give_up(message)
-    relay.settle([m.id for m in found.given_up])
+    for _ in range(SWEEP_ROUNDS):
+        found = relay.redeliver_stalled(after)
+        for message in found.given_up:
+            give_up(message)
+        relay.settle([m.id for m in found.given_up])
+        if found.examined < relay.sweep_size or found.settled + found.resent + len(found.given_up) == 0:
+            return
 
 
 def run(

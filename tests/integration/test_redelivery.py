@@ -265,3 +265,23 @@ def test_nothing_goes_again_while_messages_wait_in_the_queue(pg_app: App, redis_
     events = _with_effects(pg_app, case_id)
     assert [_attempts(pg_app, case_id)[e] for e in events] == [2] * len(events)
     celery.close()
+
+
+@pytest.mark.postgres
+def test_a_sweep_goes_on_in_rounds_until_the_rows_that_came_of_age_are_all_looked_at(
+    pg_app: App, redis_server: RedisServer
+) -> None:
+    celery = Celery("avrr-test")
+    celery.conf.update(celery_config(redis_server.url()))
+    outbox = OutboxRelay(pg_app.db, lambda batch: None, batch_size=1, jobs_per_type=relay.jobs_per_type())
+    case_id = advance_to(pg_app, "closed")
+    while outbox.relay_once():
+        pass
+    jobs = jobs_of(pg_app, case_id)
+    _finish(pg_app, jobs, datetime.now(UTC) - timedelta(hours=1), ["done"] * len(jobs))
+    _backdate(pg_app, case_id, timedelta(hours=1))
+    settled = _settled(pg_app, case_id)
+    assert len(settled) > 2 * outbox.sweep_size and not any(settled.values())
+    relay.sweep(outbox, celery, timedelta(minutes=15), relay.file_lost(pg_app.db))
+    assert all(_settled(pg_app, case_id).values())
+    celery.close()

@@ -110,6 +110,7 @@ def _unsettled(batch_size: int, jobs_per_type: Mapping[str, int], postgres: bool
 class Sweep:
     """What one search for lost messages did."""
 
+    examined: int = 0  # rows looked at (the search's limit: more may wait)
     settled: int = 0  # events found settled: not looked at again
     resent: int = 0  # events published again
     given_up: tuple[OutboxMessage, ...] = ()  # sent MAX_SENDS times and never run: for the caller
@@ -130,7 +131,8 @@ class OutboxRelay:
         self._claim_and_mark = _claim_and_mark(batch_size)
         # Event types with effects, and how many jobs each has (redeliver_stalled's yardstick).
         self._jobs_per_type = {t: n for t, n in (jobs_per_type or {}).items() if n > 0}
-        self._unsettled = _unsettled(5 * batch_size, self._jobs_per_type, self._postgres)
+        self.sweep_size = 5 * batch_size
+        self._unsettled = _unsettled(self.sweep_size, self._jobs_per_type, self._postgres)
 
     def relay_once(self) -> int:
         """Publishes one batch and marks it sent in the same transaction; a failed publish
@@ -186,7 +188,7 @@ class OutboxRelay:
                 conn.execute(_MARK_SENT.values(settled_at=now), {"ids": settled})
         if resend:
             log.warning("outbox.redelivered", count=len(resend), first_event_id=resend[0].event_id)
-        return Sweep(len(settled), len(resend), given_up)
+        return Sweep(len(rows), len(settled), len(resend), given_up)
 
     def settle(self, ids: Sequence[int]) -> None:
         """Marks rows settled: their jobs are finished, or filed in the dead letters."""
