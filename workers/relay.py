@@ -14,6 +14,7 @@ from celery import Celery
 from kombu.exceptions import BatchPublishError, ChannelError
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
 from workers.jobs import send_event
@@ -83,8 +84,7 @@ def jobs_per_type() -> dict[str, int]:
 
 
 def queue_is_empty(app: Celery) -> bool:
-    """Nothing waits in the workers' queue. Only then is an unsettled event's message lost
-    rather than queued behind others (workers down or behind): no copies pile up meanwhile."""
+    """Nothing waits in the workers' queue (a broker that cannot say counts as not empty)."""
     with app.connection_for_read() as conn:
         try:
             _, waiting, _ = conn.default_channel.queue_declare(
@@ -92,6 +92,9 @@ def queue_is_empty(app: Celery) -> bool:
             )
         except ChannelError:  # never declared: no worker has ever listened, nothing waits
             return True
+        except (*conn.connection_errors, *conn.channel_errors) as exc:
+            log.warning("relay.queue_unknown", error=type(exc).__name__)
+            return False
         return int(waiting) == 0
 
 
@@ -103,27 +106,41 @@ def file_lost(db: Engine) -> Callable[[OutboxMessage], None]:
     def give_up(message: OutboxMessage) -> None:
         error = f"message lost: sent {MAX_SENDS} times, never run"
         for job in Event(message.event_id, message.event_type, message.case_id).jobs():
-            store.dead_letter(job, error, datetime.now(UTC))
+            try:
+                store.dead_letter(job, error, datetime.now(UTC))
+            except IntegrityError:
+                # Its row appeared meanwhile (another relay filed it, or a late copy of the
+                # message started it): it is accounted for.
+                log.warning("outbox.give_up_raced", event_id=job.event_id, effect=job.effect)
         log.error("outbox.given_up", event_id=message.event_id, case_id=message.case_id)
 
     return give_up
 
 
-def sweep(
-    relay: OutboxRelay, app: Celery, after: timedelta, give_up: Callable[[OutboxMessage], None]
-) -> None:
-    """One search for lost messages (OutboxRelay.redeliver_stalled), when the queue is empty:
-    rounds of the search's size until fewer rows come of age (a busy minute holds more than
-    one round), at most SWEEP_ROUNDS, so new events are not held up for long."""
-    if not queue_is_empty(app):
-        return
-    for _ in range(SWEEP_ROUNDS):
-        found = relay.redeliver_stalled(after)
-        for message in found.given_up:
-            give_up(message)
-        relay.settle([m.id for m in found.given_up])
-        if found.examined < relay.sweep_size or found.settled + found.resent + len(found.given_up) == 0:
-            return
+class Sweeper:
+    """The relay's search for lost messages, once a minute. Settled events are marked every
+    time; unsettled ones are sent again only when the workers' queue was empty at this search
+    and at the one before: a message a worker had reserved but not started when the queue
+    first emptied has started by the next (so it is not run twice at once), and nothing is sent
+    again while the workers are down or behind (no copies pile up)."""
+
+    def __init__(
+        self, relay: OutboxRelay, app: Celery, after: timedelta, give_up: Callable[[OutboxMessage], None]
+    ) -> None:
+        self._relay, self._app, self._after, self._give_up = relay, app, after, give_up
+        self._was_empty = False
+
+    def __call__(self) -> None:
+        empty = queue_is_empty(self._app)
+        resend, self._was_empty = empty and self._was_empty, empty
+        for _ in range(SWEEP_ROUNDS):  # rounds while rows keep coming of age (a busy minute)
+            found = self._relay.redeliver_stalled(self._after, resend_lost=resend)
+            for message in found.given_up:
+                self._give_up(message)
+            self._relay.settle([m.id for m in found.given_up])
+            progress = found.settled + found.resent + len(found.given_up)
+            if found.examined < self._relay.sweep_size or progress == 0:
+                return
 
 
 def run(
@@ -137,7 +154,7 @@ def run(
     sweep_every: float = SWEEP_SECONDS,
 ) -> None:
     relay = OutboxRelay(db, celery_publisher(app), jobs_per_type=jobs_per_type())
-    give_up = file_lost(db)
+    sweep = Sweeper(relay, app, redeliver_after, file_lost(db))
     waker, backoff = Waker(db, interval), interval
     next_sweep = time.monotonic() + sweep_every
     if heartbeat is not None:
@@ -150,7 +167,7 @@ def run(
             moved = relay.relay_once()
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + sweep_every
-                sweep(relay, app, redeliver_after, give_up)
+                sweep()
             backoff = interval
         except (BrokerError, BatchPublishError, DatabaseError) as exc:
             # Rows stay unsent; they go out when the broker (or database) is back.

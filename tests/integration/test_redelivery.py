@@ -133,28 +133,49 @@ def test_an_event_whose_job_started_lately_is_left_to_its_retries(app: App) -> N
     assert job.event_id in published
 
 
-def test_an_event_sent_four_times_and_never_run_is_given_up(app: App) -> None:
+def test_an_event_sent_four_times_and_never_run_is_given_up(app: App, tmp_path: Path) -> None:
+    """Through the relay's Sweeper (on the embedded default's file broker, empty): the event
+    goes three more times, then its jobs are filed in the dead letters and it is settled."""
     case_id = advance_to(app, "application_submitted")
     published: list[str] = []
     outbox = _relay(app, published)
     outbox.relay_once()
     event = _only_last_event_unsettled(app, case_id)
-    for _ in range(MAX_SENDS - 1):
+    files = Celery("avrr-test")
+    files.conf.update(celery_config(None, data_dir=tmp_path))
+    for folder in ("broker", "broker-processed", "broker-control"):  # as workers/app.py makes them
+        (tmp_path / folder).mkdir()
+    sweep = relay.Sweeper(outbox, files, timedelta(minutes=15), relay.file_lost(app.db))
+    sweep()  # the first empty queue seen: settles, sends nothing again yet
+    assert published.count(event) == 1
+    for sends in range(2, MAX_SENDS + 1):
         _backdate(app, case_id, timedelta(hours=1))
-        assert outbox.redeliver_stalled(timedelta(minutes=15)).resent == 1
+        sweep()
+        assert published.count(event) == sends
     _backdate(app, case_id, timedelta(hours=1))
-    sweep = outbox.redeliver_stalled(timedelta(minutes=15))
-    assert [m.event_id for m in sweep.given_up] == [event] and sweep.resent == 0
+    sweep()
     assert published.count(event) == MAX_SENDS  # the first send and three more, no fifth
-    # The relay process files its jobs in the dead letters, then settles it.
-    relay.file_lost(app.db)(sweep.given_up[0])
-    outbox.settle([sweep.given_up[0].id])
     letters = SqlDeadLetters(app.db).open()
     error = f"message lost: sent {MAX_SENDS} times, never run"
     assert {(d.event_id, d.error) for d in letters} == {(event, error)}
     assert _settled(app, case_id)[event]
     _backdate(app, case_id, timedelta(hours=2))
     assert outbox.redeliver_stalled(timedelta(minutes=15)) == Sweep()  # settled: not looked at again
+    files.close()
+
+
+def test_an_event_with_only_some_jobs_finished_is_not_settled(app: App) -> None:
+    case_id = advance_to(app, "return_approved")  # ReturnApproved: a notice and a task
+    published: list[str] = []
+    outbox = _relay(app, published)
+    outbox.relay_once()
+    event = _only_last_event_unsettled(app, case_id)
+    _, task = [job for job in jobs_of(app, case_id) if job.event_id == event]
+    _finish(app, [task], datetime.now(UTC) - timedelta(hours=1), ["done"])
+    _backdate(app, case_id, timedelta(hours=1))
+    published.clear()
+    outbox.redeliver_stalled(timedelta(minutes=15))
+    assert not _settled(app, case_id)[event] and published == [event]
 
 
 def test_a_replayed_dead_letter_is_watched_again_with_a_fresh_budget(app: App) -> None:
@@ -255,13 +276,17 @@ def test_nothing_goes_again_while_messages_wait_in_the_queue(pg_app: App, redis_
     outbox.relay_once()
     _backdate(pg_app, case_id, timedelta(hours=1))
     before = _attempts(pg_app, case_id)
+    sweep = relay.Sweeper(outbox, celery, timedelta(minutes=15), relay.file_lost(pg_app.db))
     assert not relay.queue_is_empty(celery)
-    relay.sweep(outbox, celery, timedelta(minutes=15), relay.file_lost(pg_app.db))
+    sweep()
+    sweep()
     assert _attempts(pg_app, case_id) == before
 
     redis_server.client().flushdb()  # lost after all
     assert relay.queue_is_empty(celery)
-    relay.sweep(outbox, celery, timedelta(minutes=15), relay.file_lost(pg_app.db))
+    sweep()  # empty once: a message a worker reserved may not have started yet
+    assert _attempts(pg_app, case_id) == before
+    sweep()  # empty twice in a row: lost
     events = _with_effects(pg_app, case_id)
     assert [_attempts(pg_app, case_id)[e] for e in events] == [2] * len(events)
     celery.close()
@@ -282,6 +307,6 @@ def test_a_sweep_goes_on_in_rounds_until_the_rows_that_came_of_age_are_all_looke
     _backdate(pg_app, case_id, timedelta(hours=1))
     settled = _settled(pg_app, case_id)
     assert len(settled) > 2 * outbox.sweep_size and not any(settled.values())
-    relay.sweep(outbox, celery, timedelta(minutes=15), relay.file_lost(pg_app.db))
+    relay.Sweeper(outbox, celery, timedelta(minutes=15), relay.file_lost(pg_app.db))()
     assert all(_settled(pg_app, case_id).values())
     celery.close()

@@ -362,10 +362,7 @@ class SqlDeadLetters:
             for letter, job in zip(letters, jobs, strict=True):
                 conn.execute(update(tb.dead_letters).where(dl.id == letter.id).values(replayed_at=now))
                 conn.execute(
-                    # started_at: the relay's search for lost messages sees the job as live.
-                    update(tb.jobs)
-                    .where(_key(job))
-                    .values(status="pending", attempts=0, finished_at=None, started_at=now)
+                    update(tb.jobs).where(_key(job)).values(status="pending", attempts=0, finished_at=None)
                 )
                 # The event is watched again by that search, with a fresh budget of sends: should
                 # the replay's message be lost, the event goes again.

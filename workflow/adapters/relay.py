@@ -131,7 +131,8 @@ class OutboxRelay:
         self._claim_and_mark = _claim_and_mark(batch_size)
         # Event types with effects, and how many jobs each has (redeliver_stalled's yardstick).
         self._jobs_per_type = {t: n for t, n in (jobs_per_type or {}).items() if n > 0}
-        self.sweep_size = 5 * batch_size
+        # SQLite: the search holds the single write lock; a smaller round lets writers in between.
+        self.sweep_size = 5 * batch_size if self._postgres else batch_size
         self._unsettled = _unsettled(self.sweep_size, self._jobs_per_type, self._postgres)
 
     def relay_once(self) -> int:
@@ -162,21 +163,23 @@ class OutboxRelay:
         log.debug("outbox.relayed", count=len(batch))
         return len(batch)
 
-    def redeliver_stalled(self, after: timedelta) -> Sweep:
+    def redeliver_stalled(self, after: timedelta, resend_lost: bool = True) -> Sweep:
         """Looks at the sent rows not yet settled that were sent at least ``after`` ago: a
         settled event is marked so (``settled_at``) and not looked at again; one none of whose
         jobs started since is published again and stamped sent now (``attempts`` counts the
         sends), so it goes again at most once per ``after``; a copy of a message that was not
         lost after all does nothing (the jobs inbox). One sent ``MAX_SENDS`` times is returned
         as given up, for the caller to file its jobs in the dead letters and then mark it with
-        ``settle``. A resent event may arrive after later events of its case."""
+        ``settle``. A resent event may arrive after later events of its case. With
+        ``resend_lost`` false (the caller cannot tell lost from queued: messages wait in the
+        broker) only settled events are marked."""
         if not self._jobs_per_type:
             return Sweep()
         now = _now()
         with writing(self._db) as conn:
             rows = conn.execute(self._unsettled, {"cutoff": now - after}).all()
             settled = [row.id for row in rows if row.settled]
-            stalled = [row for row in rows if not row.settled and not row.recent]
+            stalled = [row for row in rows if resend_lost and not row.settled and not row.recent]
             resend = [OutboxMessage(*row[:6]) for row in stalled if row.attempts < MAX_SENDS]
             given_up = tuple(OutboxMessage(*row[:6]) for row in stalled if row.attempts >= MAX_SENDS)
             if resend:
