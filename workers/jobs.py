@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu.utils.uuid import uuid
 
 from workflow.service_layer.effects import Event, Job
 
@@ -14,6 +15,7 @@ TASK = "avrr.effects.run"
 # Publishing retries briefly; a broker that stays away raises, and the caller's transaction
 # (the relay's batch, a replay) rolls back so nothing is marked sent or replayed.
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5}
+PERSISTENT = 2  # AMQP delivery mode, as Celery sends tasks (Redis keeps every message alike)
 
 
 def send_event(app: Celery, event: Event, producer: Any = None) -> None:
@@ -26,17 +28,25 @@ def send_event(app: Celery, event: Event, producer: Any = None) -> None:
 
 
 def _send(app: Celery, name: str, args: list[str], kwargs: dict[str, str], producer: Any) -> None:
-    app.send_task(
-        name,
-        args=args,
-        kwargs=kwargs,
-        producer=producer,
-        retry=True,
-        retry_policy=PUBLISH_RETRY,
-        # Ids and types only: their plain repr, not Celery's saferepr (a fifth of a publish's CPU).
-        argsrepr=repr(args),
-        kwargsrepr=repr(kwargs),
-    )
+    """Celery's task message (protocol 2, as ``send_task`` builds it) published on the given
+    producer to the workers' queue. Not through ``send_task``: its routing and option handling
+    took two thirds of a publish's CPU (150 -> 55 us per message in a batch); there is one queue
+    and nothing to route."""
+    args_repr, kwargs_repr = repr(args), repr(kwargs)  # ids and types only: no saferepr needed
+    message = app.amqp.as_task_v2(uuid(), name, args, kwargs, argsrepr=args_repr, kwargsrepr=kwargs_repr)
+    queue = app.conf.task_default_queue
+    with app.producer_or_acquire(producer) as publisher:
+        publisher.publish(
+            message.body,
+            exchange="",  # the default exchange: the routing key names the queue
+            routing_key=queue,
+            headers=message.headers,
+            serializer="json",
+            delivery_mode=PERSISTENT,
+            retry=True,
+            retry_policy=PUBLISH_RETRY,
+            **message.properties,
+        )
 
 
 def send_job(app: Celery, job: Job, producer: Any = None) -> None:
