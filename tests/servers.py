@@ -29,9 +29,11 @@ class Inbox:
         self.envelopes: list[Any] = []
         self.rcpt_reply: str | None = None
         self.rcpt_replies: dict[str, str] = {}  # by recipient address, ahead of rcpt_reply
+        self.rcpt_next: dict[str, list[str]] = {}  # by address: replies used once each, first
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
-        reply = self.rcpt_replies.get(address) or self.rcpt_reply
+        upcoming = self.rcpt_next.get(address)
+        reply = (upcoming.pop(0) if upcoming else None) or self.rcpt_replies.get(address) or self.rcpt_reply
         if reply:
             return reply
         envelope.rcpt_tos.append(address)
