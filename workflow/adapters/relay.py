@@ -29,6 +29,7 @@ class OutboxMessage:
 Publish = Callable[[Sequence[OutboxMessage]], None]
 o = tb.outbox.c
 _COLUMNS = (o.id, o.event_id, o.event_type, o.case_id, o.case_version, o.occurred_at)
+WIDTH = len(_COLUMNS)  # an OutboxMessage's fields, first in the search's rows
 _UNSENT = select(*_COLUMNS).where(o.sent_at.is_(None))
 _MARK_SENT = update(tb.outbox).where(o.id.in_(bindparam("ids", expanding=True)))
 
@@ -180,8 +181,8 @@ class OutboxRelay:
             rows = conn.execute(self._unsettled, {"cutoff": now - after}).all()
             settled = [row.id for row in rows if row.settled]
             stalled = [row for row in rows if resend_lost and not row.settled and not row.recent]
-            resend = [OutboxMessage(*row[:6]) for row in stalled if row.attempts < MAX_SENDS]
-            given_up = tuple(OutboxMessage(*row[:6]) for row in stalled if row.attempts >= MAX_SENDS)
+            resend = [OutboxMessage(*row[:WIDTH]) for row in stalled if row.attempts < MAX_SENDS]
+            given_up = tuple(OutboxMessage(*row[:WIDTH]) for row in stalled if row.attempts >= MAX_SENDS)
             if resend:
                 self._publish(resend)
                 conn.execute(
