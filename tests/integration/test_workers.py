@@ -57,6 +57,15 @@ def relay_thread(pg_app: App, broker: str) -> Iterator[threading.Event]:
     thread.join(10)
 
 
+def _event_of(app: App, case_id: str, event_type: str) -> str:
+    """The id of the case's event of that type."""
+    o = tb.outbox.c
+    with app.db.connect() as conn:
+        event_id = conn.scalar(select(o.event_id).where(o.case_id == case_id, o.event_type == event_type))
+    assert event_id is not None, f"no {event_type} for the case"
+    return str(event_id)
+
+
 def _tasks(app: App, case_id: str) -> list[str]:
     with app.db.connect() as conn:
         t = tb.tasks.c
@@ -124,12 +133,7 @@ def test_one_message_per_event_retries_the_failing_job_and_leaves_its_done_task_
         proc = start_worker(pg_url, broker, tmp_path / "worker.log", 2, env)
         try:
             case_id = advance_to(pg_app, "return_approved")
-            with pg_app.db.connect() as conn:
-                event_id = conn.scalar(
-                    select(tb.outbox.c.event_id).where(
-                        tb.outbox.c.case_id == case_id, tb.outbox.c.event_type == "ReturnApproved"
-                    )
-                )
+            event_id = _event_of(pg_app, case_id, "ReturnApproved")
             notice, task = (e.name for e in runnable_effects("ReturnApproved"))
             wait_for(
                 lambda: job_states(pg_app, event_id).get(notice, ("", 0))[1] >= 2, 30, "a retry of the notice"
@@ -171,12 +175,7 @@ def test_an_event_whose_job_was_dead_lettered_ends_as_a_failed_task_after_its_re
         proc = start_worker(pg_url, broker, log, 2, env)
         try:
             case_id = advance_to(pg_app, "travel_booked")
-            with pg_app.db.connect() as conn:
-                event_id = conn.scalar(
-                    select(tb.outbox.c.event_id).where(
-                        tb.outbox.c.case_id == case_id, tb.outbox.c.event_type == "TravelBooked"
-                    )
-                )
+            event_id = _event_of(pg_app, case_id, "TravelBooked")
             family, _, to_office, _ = (e.name for e in runnable_effects("TravelBooked"))
             failed = f"JobsDeadLettered('{family}')"  # the earlier events' notices fail too
             wait_for(
