@@ -180,12 +180,18 @@ def run(
 
 
 def main() -> None:
+    """`python -m workers.relay`: the relay as `avrr relay` runs it, its logging included (JSON
+    outside development, at the settings' level; without it structlog's default printed every
+    round's debug line in colour, a tenth of the relay's CPU)."""
+    from config.logging import configure_logging
     from config.settings import get_settings
     from workers.app import app
     from workflow.bootstrap import bootstrap
 
+    settings = get_settings()
+    configure_logging(json=settings.json_logs, level=settings.log_level)
     stop = threading.Event()
-    after = timedelta(seconds=get_settings().redeliver_after_seconds)
+    after = timedelta(seconds=settings.redeliver_after_seconds)
     try:
         run(bootstrap().db, app, stop, redeliver_after=after)
     except KeyboardInterrupt:

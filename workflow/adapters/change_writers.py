@@ -18,11 +18,39 @@ _SPEND = (
     .where(tb.budget_lines.c.id == bindparam("_line"))
     .values(disbursed_minor=tb.budget_lines.c.disbursed_minor + bindparam("_amount"))
 )
+# Built once, like the repository's: a statement built per call costs its construction and its
+# cache key on every transition, more than the client's share of running it (bench/pipeline.py).
+_INSERT_MEMBERS = insert(tb.household_members)
+_INSERT_PLAN = insert(tb.plans)
+_INSERT_LINES = insert(tb.budget_lines)
+_INSERT_DISBURSEMENT = insert(tb.disbursements)
+_INSERT_CONTRIBUTION = insert(tb.contributions)
+_INSERT_VISIT = insert(tb.monitoring_visits)
+_INSERT_TIMER = insert(tb.timers)
+_DROP_LINES = delete(tb.budget_lines).where(
+    tb.budget_lines.c.plan_id
+    == select(tb.plans.c.id).where(tb.plans.c.case_id == bindparam("_case")).scalar_subquery()
+)
+_DROP_PLAN = delete(tb.plans).where(tb.plans.c.case_id == bindparam("_case"))
+_APPROVE_PLAN = update(tb.plans).where(tb.plans.c.id == bindparam("_plan"))
+# The columns to set come from the parameters' names (the status, its stamps, a receipt).
+_SET_DISBURSEMENT = update(tb.disbursements).where(
+    tb.disbursements.c.id == bindparam("_id"), tb.disbursements.c.status == bindparam("_old")
+)
+_CANCEL_TIMERS = (
+    update(tb.timers)
+    .where(
+        tb.timers.c.case_id == bindparam("_case"),
+        tb.timers.c.state == bindparam("_state"),
+        tb.timers.c.status == "pending",
+    )
+    .values(status="cancelled")
+)
 
 
 def _members_added(conn: Connection, case_id: str, change: ch.MembersAdded) -> None:
     conn.execute(
-        insert(tb.household_members),
+        _INSERT_MEMBERS,
         [
             {
                 "id": m.id,
@@ -40,12 +68,11 @@ def _members_added(conn: Connection, case_id: str, change: ch.MembersAdded) -> N
 
 
 def _plan_drafted(conn: Connection, case_id: str, change: ch.PlanDrafted) -> None:
-    old = select(tb.plans.c.id).where(tb.plans.c.case_id == case_id).scalar_subquery()
-    conn.execute(delete(tb.budget_lines).where(tb.budget_lines.c.plan_id == old))
-    conn.execute(delete(tb.plans).where(tb.plans.c.case_id == case_id))
+    conn.execute(_DROP_LINES, {"_case": case_id})
+    conn.execute(_DROP_PLAN, {"_case": case_id})
     plan = change.plan
     conn.execute(
-        insert(tb.plans),
+        _INSERT_PLAN,
         {
             "id": plan.id,
             "case_id": case_id,
@@ -55,7 +82,7 @@ def _plan_drafted(conn: Connection, case_id: str, change: ch.PlanDrafted) -> Non
         },
     )
     conn.execute(
-        insert(tb.budget_lines),
+        _INSERT_LINES,
         [
             {
                 "id": line.id,
@@ -76,16 +103,15 @@ def _plan_drafted(conn: Connection, case_id: str, change: ch.PlanDrafted) -> Non
 
 def _plan_approved(conn: Connection, case_id: str, change: ch.PlanApproved) -> None:
     conn.execute(
-        update(tb.plans)
-        .where(tb.plans.c.id == change.plan_id)
-        .values(approved_by=change.approved_by, approved_at=change.approved_at)
+        _APPROVE_PLAN,
+        {"_plan": change.plan_id, "approved_by": change.approved_by, "approved_at": change.approved_at},
     )
 
 
 def _disbursement_requested(conn: Connection, case_id: str, change: ch.DisbursementRequested) -> None:
     d = change.disbursement
     conn.execute(
-        insert(tb.disbursements),
+        _INSERT_DISBURSEMENT,
         {
             "id": d.id,
             "case_id": case_id,
@@ -140,12 +166,8 @@ def _set_status(
     conn: Connection, disbursement_id: str, old: str, new: str, actor_id: str, at: datetime, **values: Any
 ) -> None:
     by, when = _STAMPS[new]
-    d = tb.disbursements.c
-    done = conn.execute(
-        update(tb.disbursements)
-        .where(d.id == disbursement_id, d.status == old)
-        .values(status=new, **{by: actor_id, when: at}, **values)
-    )
+    params = {"_id": disbursement_id, "_old": old, "status": new, by: actor_id, when: at, **values}
+    done = conn.execute(_SET_DISBURSEMENT, params)
     # The case's version check already serialises fires; a miss here is a bug, not a race.
     if done.rowcount != 1:
         raise RuntimeError(f"disbursement {disbursement_id} was not {old}")
@@ -154,7 +176,7 @@ def _set_status(
 def _contribution(conn: Connection, case_id: str, change: ch.ContributionRecorded) -> None:
     c = change.contribution
     conn.execute(
-        insert(tb.contributions),
+        _INSERT_CONTRIBUTION,
         {
             "id": c.id,
             "case_id": case_id,
@@ -170,7 +192,7 @@ def _contribution(conn: Connection, case_id: str, change: ch.ContributionRecorde
 def _visit(conn: Connection, case_id: str, change: ch.VisitRecorded) -> None:
     v = change.visit
     conn.execute(
-        insert(tb.monitoring_visits),
+        _INSERT_VISIT,
         {
             "id": v.id,
             "case_id": case_id,
@@ -186,7 +208,7 @@ def _visit(conn: Connection, case_id: str, change: ch.VisitRecorded) -> None:
 def _timer_started(conn: Connection, case_id: str, change: ch.TimerStarted) -> None:
     t = change.timer
     conn.execute(
-        insert(tb.timers),
+        _INSERT_TIMER,
         {
             "id": t.id,
             "case_id": case_id,
@@ -201,12 +223,7 @@ def _timer_started(conn: Connection, case_id: str, change: ch.TimerStarted) -> N
 
 
 def _timers_cancelled(conn: Connection, case_id: str, change: ch.TimersCancelled) -> None:
-    c = tb.timers.c
-    conn.execute(
-        update(tb.timers)
-        .where(c.case_id == case_id, c.state == change.state, c.status == "pending")
-        .values(status="cancelled")
-    )
+    conn.execute(_CANCEL_TIMERS, {"_case": case_id, "_state": change.state})
 
 
 WRITERS: dict[type, Any] = {
