@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from tests import servers
 from tests.servers import Inbox, Receiver, free_port, http_receiver
@@ -172,6 +172,36 @@ def test_a_local_part_in_another_script_is_refused_for_good_by_a_server_without_
             channel.send(message(EMAIL, "олена@example.org"))
         channel.send(message(EMAIL, "olena@example.org"))  # the next message still goes
         assert [e.rcpt_tos for e in inbox.envelopes] == [["olena@example.org"]]
+    finally:
+        controller.stop()
+
+
+class _HeloOnly(SMTP):  # type: ignore[misc]
+    """A server from before ESMTP: EHLO is not a command it knows, so clients fall back to HELO."""
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await self.push("502 5.5.1 EHLO not implemented")
+
+
+class _HeloOnlyController(Controller):  # type: ignore[misc]
+    def factory(self) -> SMTP:
+        return _HeloOnly(self.handler, **self.SMTP_kwargs)
+
+
+def test_a_local_part_in_another_script_is_refused_for_good_by_a_server_that_knows_only_helo() -> None:
+    """smtplib would drop the SMTPUTF8 option after HELO and send the UTF-8 address anyway."""
+    inbox = Inbox()
+    controller = _HeloOnlyController(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        channel = SmtpChannel("127.0.0.1", controller.port, FROM, timeout=5)
+        with pytest.raises(PermanentDeliveryError, match="SMTPUTF8"):
+            channel.send(message(EMAIL, "олена@example.org"))
+        channel.send(message(EMAIL, "olena@приклад.укр"))  # an IDNA domain needs no extension
+        channel.send(message(EMAIL, "olena@example.org"))
+        sent = [e.rcpt_tos for e in inbox.envelopes]
+        assert sent == [["olena@xn--80aikifvh.xn--j1amh"], ["olena@example.org"]]
+        assert not any(e.smtp_utf8 for e in inbox.envelopes)
     finally:
         controller.stop()
 
