@@ -13,7 +13,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import func, insert, select, update
 
-from config.celery import celery_config
+from config.celery import MAX_ATTEMPTS, celery_config
 from tests.integration.processes import RedisServer, start_worker, stop, wait_for
 from tests.servers import smtp_server
 from tests.support import advance_to, jobs_of
@@ -21,8 +21,8 @@ from workers import relay
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import SqlDeadLetters, SqlJobStore
 from workflow.adapters.relay import MAX_SENDS, OutboxMessage, OutboxRelay, Sweep
-from workflow.bootstrap import App
-from workflow.service_layer.effects import Job, runnable_effects
+from workflow.bootstrap import App, effect_runner
+from workflow.service_layer.effects import Event, Job, runnable_effects
 
 o = tb.outbox.c
 
@@ -131,6 +131,45 @@ def test_an_event_whose_job_started_lately_is_left_to_its_retries(app: App) -> N
     assert job.event_id not in published
     outbox.redeliver_stalled(after=timedelta(seconds=30))  # its job has been quiet for longer
     assert job.event_id in published
+
+
+def test_jobs_left_running_when_their_filing_failed_go_again_and_end_in_the_dead_letters(app: App) -> None:
+    """The event's task spent its retries while the database was away, so on_failure could not
+    file its jobs and the message was acknowledged: the jobs stay "running" at their attempt cap.
+    The search sends the event again, and its run files them instead of trying a sixth time."""
+    case_id = advance_to(app, "application_submitted")
+    published: list[str] = []
+    outbox = _relay(app, published)
+    outbox.relay_once()
+    last = _only_last_event_unsettled(app, case_id)
+    jobs = [job for job in jobs_of(app, case_id) if job.event_id == last]
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    _backdate(app, case_id, timedelta(hours=1))
+    _finish(app, jobs, an_hour_ago, ["running"] * len(jobs))
+    with app.db.begin() as conn:
+        conn.execute(update(tb.jobs).where(tb.jobs.c.event_id == last).values(attempts=MAX_ATTEMPTS))
+    published.clear()
+    assert outbox.redeliver_stalled(after=timedelta(minutes=15)).resent == 1
+    assert published == [last]
+
+    message = Event(last, jobs[0].event_type, case_id)  # what the resent message carries
+    run = effect_runner(app.db, MAX_ATTEMPTS).run_event(message)
+    assert [job.effect for job in run.dead] == [job.effect for job in jobs] and not run.failures
+    with app.db.connect() as conn:
+        filed = conn.execute(
+            select(tb.dead_letters.c.effect, tb.dead_letters.c.attempts, tb.dead_letters.c.error).where(
+                tb.dead_letters.c.event_id == last
+            )
+        ).all()
+        statuses = set(conn.scalars(select(tb.jobs.c.status).where(tb.jobs.c.event_id == last)))
+    assert sorted((effect, error) for effect, _, error in filed) == sorted(
+        (job.effect, f"gave up after {MAX_ATTEMPTS} attempts") for job in jobs
+    )
+    assert all(attempts > MAX_ATTEMPTS for _, attempts, _ in filed)  # the refused start counts too
+    assert statuses == {"dead"}
+    _backdate(app, case_id, timedelta(hours=1))
+    assert outbox.redeliver_stalled(after=timedelta(minutes=15)).settled >= 1
+    assert _settled(app, case_id)[last]
 
 
 def test_an_event_sent_four_times_and_never_run_is_given_up(app: App, tmp_path: Path) -> None:
