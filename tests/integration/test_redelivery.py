@@ -51,7 +51,9 @@ def _backdate(app: App, case_id: str, sent: timedelta) -> None:
         conn.execute(update(tb.outbox).where(o.case_id == case_id).values(sent_at=datetime.now(UTC) - sent))
 
 
-def _finish(app: App, jobs: Sequence[Job], started: datetime, statuses: Sequence[str]) -> None:
+def _finish(
+    app: App, jobs: Sequence[Job], started: datetime, statuses: Sequence[str], attempts: int = 1
+) -> None:
     with app.db.begin() as conn:
         for job, status in zip(jobs, statuses, strict=True):
             conn.execute(
@@ -62,7 +64,7 @@ def _finish(app: App, jobs: Sequence[Job], started: datetime, statuses: Sequence
                     "case_id": job.case_id,
                     "event_type": job.event_type,
                     "status": status,
-                    "attempts": 1,
+                    "attempts": attempts,
                     "started_at": started,
                     "finished_at": None if status == "running" else started,
                 },
@@ -145,9 +147,7 @@ def test_jobs_left_running_when_their_filing_failed_go_again_and_end_in_the_dead
     jobs = [job for job in jobs_of(app, case_id) if job.event_id == last]
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     _backdate(app, case_id, timedelta(hours=1))
-    _finish(app, jobs, an_hour_ago, ["running"] * len(jobs))
-    with app.db.begin() as conn:
-        conn.execute(update(tb.jobs).where(tb.jobs.c.event_id == last).values(attempts=MAX_ATTEMPTS))
+    _finish(app, jobs, an_hour_ago, ["running"] * len(jobs), attempts=MAX_ATTEMPTS)
     published.clear()
     assert outbox.redeliver_stalled(after=timedelta(minutes=15)).resent == 1
     assert published == [last]
