@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import structlog
@@ -17,7 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import OperationalError as DatabaseError
 
-from workers.jobs import send_event
+from workers.jobs import send_events
 from workflow.adapters.jobs import SqlJobStore
 from workflow.adapters.relay import MAX_SENDS, OutboxMessage, OutboxRelay
 from workflow.domain.effects import EFFECTS
@@ -31,23 +34,101 @@ DEFAULT_HEARTBEAT = Path("var/relay.heartbeat")
 
 # Messages buffered before kombu sends them (one Redis pipeline: one round trip per flush).
 PUBLISH_BATCH = 500
+# A batch of events goes out in about this many messages, so that every process of a worker
+# (two per CPU) gets one; an event per message while the batch is small (the relay keeps up and
+# latency is what counts), up to EVENTS_PER_MESSAGE in one when a backlog built up.
+SPREAD = 8
+EVENTS_PER_MESSAGE = 16
+
+
+def pack(events: Sequence[Event], spread: int = SPREAD, most: int = EVENTS_PER_MESSAGE) -> list[list[Event]]:
+    """The events in messages: a case's events together and in their order (one task runs them
+    in turn, so a case's later event never overtakes an earlier one of the same batch), cases
+    in the order of their first event, about ``spread`` messages of at most ``most`` events."""
+    by_case: dict[str, list[Event]] = {}
+    for event in events:
+        by_case.setdefault(event.case_id, []).append(event)
+    size = max(1, min(most, math.ceil(len(events) / spread)))
+    messages: list[list[Event]] = []
+    current: list[Event] = []
+    for case_events in by_case.values():
+        for event in case_events:
+            current.append(event)
+            if len(current) == size:
+                messages.append(current)
+                current = []
+    if current:
+        messages.append(current)
+    return messages
 
 
 def celery_publisher(app: Celery) -> Callable[[Sequence[OutboxMessage]], None]:
-    """One message per event that has runnable effects, on one producer connection per batch,
-    sent together in a Redis pipeline when the batch is complete (kombu's Producer.batch).
+    """The events that have runnable effects, packed into messages (``pack``), on one producer
+    connection per batch, sent together in a Redis pipeline when the batch is complete (kombu's
+    Producer.batch).
 
     A failed pipeline raises (kombu's BatchPublishError: some of it may have gone out); the
     relay's transaction rolls back and the rows go out again later, and the jobs inbox makes a
     second copy of a message do nothing."""
 
     def publish(batch: Sequence[OutboxMessage]) -> None:
+        events = [
+            Event(m.event_id, m.event_type, m.case_id, m.occurred_at)
+            for m in batch
+            if runnable_effects(m.event_type)
+        ]
         with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
-            for m in batch:
-                if runnable_effects(m.event_type):
-                    send_event(app, Event(m.event_id, m.event_type, m.case_id, m.occurred_at), producer)
+            for message in pack(events):
+                send_events(app, message, producer)
 
     return publish
+
+
+class QueueGate:
+    """Holds the relay back while the workers are behind: at least ``hold_at`` messages wait in
+    their queue (none of the workers' processes has taken them). The events wait in the outbox
+    meanwhile, where they are safe and counted (`avrr ops status`), and go out together when the
+    queue has room, packed several to a message: the workers then pay Celery's cost per message
+    once for several events (bench/pipeline.py). Never longer than ``longest`` at a time, so
+    events still reach a broker whose workers are all away (as they did before this gate).
+    A broker that cannot say how long the queue is does not hold anything back."""
+
+    def __init__(self, app: Celery, hold_at: int = 4, pause: float = 0.005, longest: float = 1.0) -> None:
+        self._app, self.hold_at, self._pause, self._longest = app, hold_at, pause, longest
+        self._queue = app.conf.task_default_queue
+        self._conn: Any = None
+
+    def waiting(self) -> int:
+        """Messages waiting in the workers' queue (0 when the broker cannot say)."""
+        try:
+            if self._conn is None:
+                self._conn = self._app.connection_for_read()
+            channel = self._conn.default_channel
+            if self._conn.transport.driver_type == "redis":
+                # One LLEN on the channel's own pool (kombu's key prefix applies). Our messages
+                # carry no priority: kombu keeps them in the list named after the queue.
+                with channel.conn_or_acquire() as client:
+                    return int(client.llen(self._queue))
+            return int(channel.queue_declare(queue=self._queue, passive=True).message_count)
+        except Exception as exc:  # the broker is away or the queue was never declared
+            self.close()
+            log.debug("relay.queue_unknown", error=type(exc).__name__)
+            return 0
+
+    def wait(self, stop: threading.Event) -> float:
+        """Returns once the queue has room (or ``longest`` passed, or ``stop`` is set); how long
+        it held the relay back."""
+        started = time.monotonic()
+        while self.waiting() >= self.hold_at and time.monotonic() - started < self._longest:
+            if stop.wait(self._pause):
+                break
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.release()
 
 
 class Waker:
@@ -152,8 +233,12 @@ def run(
     heartbeat: Path | None = DEFAULT_HEARTBEAT,
     redeliver_after: timedelta = timedelta(minutes=15),
     sweep_every: float = SWEEP_SECONDS,
+    gate: QueueGate | None = None,
 ) -> None:
+    """The relay's loop until ``stop`` is set. ``gate``: by default a QueueGate on the app's
+    broker (pass one to tune it)."""
     relay = OutboxRelay(db, celery_publisher(app), jobs_per_type=jobs_per_type())
+    gate = gate or QueueGate(app)
     sweep = Sweeper(relay, app, redeliver_after, file_lost(db))
     waker, backoff = Waker(db, interval), interval
     next_sweep = time.monotonic() + sweep_every
@@ -163,6 +248,7 @@ def run(
     while not stop.is_set():
         if heartbeat is not None:
             heartbeat.touch()
+        gate.wait(stop)
         try:
             moved = relay.relay_once()
             if time.monotonic() >= next_sweep:
@@ -177,6 +263,7 @@ def run(
             continue
         if moved < relay.batch_size:  # a full batch may have more behind it: go on at once
             waker.wait()
+    gate.close()
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -16,6 +17,8 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 
 from config.celery import MAX_ATTEMPTS, RETRY_BACKOFF_MAX
 from workers.app import app
+from workers.jobs import send_event
+from workflow.adapters import metrics
 from workflow.bootstrap import bootstrap, effect_runner
 from workflow.service_layer.effects import EffectRunner, Event, Job
 from workflow.service_layer.notifications import TransientDeliveryError
@@ -92,31 +95,37 @@ def run_effect(
 RETRYABLE = (*TRANSIENT, SoftTimeLimitExceeded)
 
 
-@app.task(name="avrr.events.handle", base=EventTask, bind=True, max_retries=MAX_ATTEMPTS - 1)
-def handle_event(
-    self: Task, event_id: str, event_type: str, case_id: str, occurred_at: str | None = None
-) -> str:
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one run of an event leaves: done, done with jobs filed in the dead letters
+    (``dead``), or a retry in ``retry_in`` seconds (for ``exc`` when the run could not start;
+    ``max_retries`` set when the filing itself failed: one more retry, whatever the count)."""
+
+    dead: tuple[str, ...] = ()
+    retry_in: float | None = None
+    exc: Exception | None = None
+    max_retries: int | None = None
+    out_of_time: bool = False  # the soft time limit cut the run short
+
+
+def run_event(event: Event, retries: int, max_retries: int) -> Verdict:
     """Every effect of one event, each its own job. A job with a permanent error is dead-lettered
     at once; transient errors retry the event (its done jobs are skipped), and the jobs still
     failing when the retries are spent are dead-lettered. A time limit ends the run: the job it
-    cut short and the jobs after it go with the retry. An event that filed a job in the dead
-    letters in this run ends as a failed task (JobsDeadLettered), once its other jobs are done.
-    If the database refuses the filing itself, the event is retried rather than acknowledged
-    with jobs neither done nor filed. A job filed by an earlier run (a permanent error, then a
-    retry for another job) still makes the run that finishes the event a failed task."""
-    structlog.contextvars.bind_contextvars(event_id=event_id, case_id=case_id)
-    committed = datetime.fromisoformat(occurred_at) if occurred_at else None
+    cut short and the jobs after it go with the retry. If the database refuses the filing
+    itself, the event is retried rather than acknowledged with jobs neither done nor filed. A
+    job filed by an earlier run (a permanent error, then a retry for another job) is in the
+    ``dead`` of the run that finishes the event, after a retry."""
     try:
-        outcome = _runner().run_event(
-            Event(event_id, event_type, case_id, committed), stop_on=(SoftTimeLimitExceeded,)
-        )
+        outcome = _runner().run_event(event, stop_on=(SoftTimeLimitExceeded,))
     except TRANSIENT as exc:  # the runner itself could not start (its store, say)
-        delay = backoff(self.request.retries)
+        delay = backoff(retries)
         log.warning("event.retrying", error=type(exc).__name__, retry_in=round(delay, 2))
-        raise self.retry(exc=exc, countdown=delay) from None
+        return Verdict(retry_in=delay, exc=exc)
     retry = [(job, error) for job, error in outcome.failures if isinstance(error, RETRYABLE)]
     give_up = [(job, _error(error)) for job, error in outcome.failures if not isinstance(error, RETRYABLE)]
-    spent = self.request.retries >= self.max_retries
+    out_of_time = any(isinstance(error, SoftTimeLimitExceeded) for _, error in outcome.failures)
+    spent = retries >= max_retries
     if spent:
         give_up += [(job, _error(failure)) for job, failure in retry]
         give_up += [(job, "not run: the event's retries ran out") for job in outcome.not_run]
@@ -126,20 +135,95 @@ def handle_event(
     except TRANSIENT as exc:
         # Nothing is lost: the retry runs the unfinished jobs again and files what fails again,
         # however many retries that takes while the database is away.
-        delay = backoff(min(self.request.retries, 6))
+        delay = backoff(min(retries, 6))
         log.warning("event.filing_failed", error=type(exc).__name__, retry_in=round(delay, 2))
-        raise self.retry(countdown=delay, max_retries=self.request.retries + 1) from None
+        return Verdict(retry_in=delay, max_retries=retries + 1, out_of_time=out_of_time)
     dead = [job.effect for job in outcome.dead] + [job.effect for job, _ in give_up]
-    if self.request.retries > 0:
+    if retries > 0:
         # A retry of the run that filed them: the event's outcome includes them. A copy of an
         # event's message (a redelivery, a resend) does not count a failure again.
         dead += [job.effect for job in outcome.dead_before]
     if spent or (not retry and not outcome.not_run):
-        if dead:
-            raise JobsDeadLettered(", ".join(dead))
-        return "done"
+        return Verdict(dead=tuple(dead))
     waits = [getattr(failure, "retry_after", None) for _, failure in retry]
-    delay = max(backoff(self.request.retries, wait) for wait in waits) if waits else backoff(0)
+    delay = max(backoff(retries, wait) for wait in waits) if waits else backoff(0)
     for job, failure in retry:
         log.warning("job.retrying", effect=job.effect, error=type(failure).__name__, retry_in=round(delay, 2))
-    raise self.retry(countdown=delay)
+    return Verdict(dead=tuple(dead), retry_in=delay, out_of_time=out_of_time)
+
+
+@app.task(name="avrr.events.handle", base=EventTask, bind=True, max_retries=MAX_ATTEMPTS - 1)
+def handle_event(
+    self: Task, event_id: str, event_type: str, case_id: str, occurred_at: str | None = None
+) -> str:
+    """One event's message (``run_event``): a retry is Celery's, with the event's backoff. An
+    event that filed a job in the dead letters ends as a failed task (JobsDeadLettered), once
+    its other jobs are done."""
+    structlog.contextvars.bind_contextvars(event_id=event_id, case_id=case_id)
+    committed = datetime.fromisoformat(occurred_at) if occurred_at else None
+    event = Event(event_id, event_type, case_id, committed)
+    verdict = run_event(event, self.request.retries, self.max_retries)
+    if verdict.retry_in is not None:
+        raise self.retry(exc=verdict.exc, countdown=verdict.retry_in, max_retries=verdict.max_retries)
+    if verdict.dead:
+        raise JobsDeadLettered(", ".join(verdict.dead))
+    return "done"
+
+
+class EventsTask(Task):  # type: ignore[misc]
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """The message's run failed outside its events' runs (sending an event on, say): each
+        unfinished job of its events goes to the dead letters (done jobs stay done)."""
+        if isinstance(exc, JobsDeadLettered):
+            return
+        for event_id, event_type, case_id, *_ in args:
+            for job in Event(event_id, event_type, case_id).jobs():
+                _give_up(job, _error(exc), type(exc).__name__)
+
+
+@app.task(name="avrr.events.handle_many", base=EventsTask, bind=True, max_retries=MAX_ATTEMPTS - 1)
+def handle_events(self: Task, *events: list[str | None]) -> str:
+    """Several events of a backlog in one message (workers/relay.py packs them), each run in
+    turn as ``handle_event`` runs one, so a case's events keep their order. The message itself
+    is never retried: an event that needs a retry goes on in its own message, as its first
+    retry, and so does every event after one the soft time limit cut short (not yet run, as
+    it was). An error nobody expected in one event's run files that event's unfinished jobs
+    and the others still run. Ends as a failed task (JobsDeadLettered) when any event filed
+    a job in the dead letters."""
+    retries = self.request.retries
+    todo = [
+        Event(str(i), str(t), str(c), datetime.fromisoformat(at) if at else None) for i, t, c, at in events
+    ]
+    onward: list[tuple[Event, int, float | None]] = []  # (event, its retries, countdown)
+    dead: list[str] = []
+    for index, event in enumerate(todo):
+        structlog.contextvars.bind_contextvars(event_id=event.event_id, case_id=event.case_id)
+        try:
+            verdict = run_event(event, retries, self.max_retries)
+        except SoftTimeLimitExceeded:  # between two jobs: this event and the rest go on
+            onward.append((event, retries + 1, backoff(retries)))
+            onward += [(later, retries, None) for later in todo[index + 1 :]]
+            break
+        except Exception as exc:  # outside the event's jobs, as handle_event's on_failure files it
+            for job in event.jobs():
+                _give_up(job, _error(exc), type(exc).__name__)
+            dead.append(f"{event.event_id}: {type(exc).__name__}")
+            continue
+        dead += verdict.dead
+        if verdict.retry_in is not None:
+            onward.append((event, retries + 1, verdict.retry_in))
+        if verdict.out_of_time:
+            onward += [(later, retries, None) for later in todo[index + 1 :]]
+            break
+    structlog.contextvars.unbind_contextvars("event_id", "case_id")
+    if onward:
+        with self.app.producer_or_acquire() as producer:
+            for event, tries, countdown in onward:
+                send_event(self.app, event, producer, retries=tries, countdown=countdown)
+        retried = sum(1 for _, tries, _ in onward if tries > retries)
+        log.warning("events.sent_on", events=len(onward), retried=retried)
+        if retried:
+            metrics.TASK_RETRIES.labels(self.name).inc(retried)
+    if dead:
+        raise JobsDeadLettered(", ".join(dead))
+    return "done"

@@ -234,18 +234,28 @@ class RedisServer:
 QUEUE = "avrr"
 
 
-def job_args(message: Mapping[str, object]) -> tuple[str, ...]:
-    """The positional arguments of one Celery message (protocol 2, JSON body): (event_id,
-    event_type, case_id) for an event's message, and the effect after them for one job's."""
+def job_args(message: Mapping[str, object]) -> list[tuple[str, ...]]:
+    """The work one Celery message (protocol 2, JSON body) carries, as positional arguments:
+    (event_id, event_type, case_id) for an event's message, with the effect after them for one
+    job's; one such tuple per event for a message of several events (the relay packs a backlog)."""
     body = json.loads(base64.b64decode(str(message["body"])))
-    return tuple(body[0])
+    headers = message.get("headers")
+    task = headers.get("task") if isinstance(headers, Mapping) else None
+    if task == "avrr.events.handle_many":
+        return [tuple(event[:3]) for event in body[0]]
+    return [tuple(body[0])]
+
+
+def queued_messages(client: redis.Redis, queue: str = QUEUE) -> int:
+    return int(client.llen(queue))
 
 
 def queued_jobs(client: redis.Redis, queue: str = QUEUE) -> list[tuple[str, ...]]:
-    return [job_args(json.loads(raw)) for raw in client.lrange(queue, 0, -1)]
+    """What the queue's messages carry, one tuple per event (or job), in queue order."""
+    return [args for raw in client.lrange(queue, 0, -1) for args in job_args(json.loads(raw))]
 
 
-def unacked_since(client: redis.Redis, before: float) -> dict[str, tuple[str, ...]]:
+def unacked_since(client: redis.Redis, before: float) -> dict[str, list[tuple[str, ...]]]:
     """The deliveries made before ``before`` (a time.time()) and still unacknowledged."""
     tags = [tag.decode() for tag in client.zrange("unacked_index", 0, before, byscore=True)]
     held = client.hmget("unacked", tags) if tags else []

@@ -11,7 +11,7 @@ from kombu.exceptions import OperationalError
 
 from config.celery import celery_config
 from tests.integration.processes import RedisServer, start_worker, stop, wait_for, wait_for_pool
-from workflow.adapters.worker_watch import WorkerInfo, WorkerWatch, _active_job
+from workflow.adapters.worker_watch import WorkerInfo, WorkerWatch, _active_job, _active_jobs
 
 
 def client(broker_url: str) -> Celery:
@@ -99,3 +99,19 @@ def test_an_effect_job_shows_its_ids_only() -> None:
     )
     other = _active_job({"name": "avrr.timers.fire_due", "args": [], "time_start": None})
     assert (other.effect, other.event_type, other.case_id, other.started_at) == (None, None, None, None)
+
+
+def test_a_several_events_message_shows_each_of_its_events() -> None:
+    request = {
+        "name": "avrr.events.handle_many",
+        "args": [["event-1", "InquiryRegistered", "case-1", None], ["event-2", "TravelRebooked", "case-1", None]],
+        "time_start": 1_795_000_000.0,
+        "worker_pid": 7,
+    }
+    jobs = _active_jobs(request)
+    assert [(j.task, j.event_id, j.event_type, j.case_id, j.worker_pid) for j in jobs] == [
+        ("avrr.events.handle_many", "event-1", "InquiryRegistered", "case-1", 7),
+        ("avrr.events.handle_many", "event-2", "TravelRebooked", "case-1", 7),
+    ]
+    assert _active_jobs({"name": "avrr.events.handle_many", "args": []})[0].event_id is None
+    assert [j.event_id for j in _active_jobs({"name": "avrr.events.handle", "args": ["e", "T", "c"]})] == ["e"]

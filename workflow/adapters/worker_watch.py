@@ -16,6 +16,7 @@ from celery import Celery
 
 EFFECT_TASK = "avrr.effects.run"  # args: event_id, event_type, case_id, effect
 EVENT_TASK = "avrr.events.handle"  # args: event_id, event_type, case_id (its effects in turn)
+EVENTS_TASK = "avrr.events.handle_many"  # args: [event_id, event_type, case_id, occurred_at] each
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ def _active_job(request: Mapping[str, Any]) -> ActiveJob:
     args: Sequence[Any] = request.get("args") or ()
     name = request.get("name")
     is_effect = name == EFFECT_TASK and len(args) >= 4
-    is_event = is_effect or (name == EVENT_TASK and len(args) >= 3)
+    is_event = is_effect or (name in (EVENT_TASK, EVENTS_TASK) and len(args) >= 3)
     started = request.get("time_start")
     return ActiveJob(
         task=str(name),
@@ -57,6 +58,17 @@ def _active_job(request: Mapping[str, Any]) -> ActiveJob:
     )
 
 
+def _active_jobs(request: Mapping[str, Any]) -> list[ActiveJob]:
+    """A task's active jobs: one per event of a several-events message (the events it holds,
+    run in turn), or the one ``_active_job`` reads."""
+    if request.get("name") != EVENTS_TASK:
+        return [_active_job(request)]
+    events = [e for e in request.get("args") or () if isinstance(e, list | tuple) and len(e) >= 3]
+    return [_active_job({**request, "name": EVENTS_TASK, "args": list(e[:3])}) for e in events] or [
+        _active_job(request)
+    ]
+
+
 def _worker(name: str, stats: Mapping[str, Any], active: Sequence[Any], queues: Sequence[Any]) -> WorkerInfo:
     pool = stats.get("pool") or {}
     # "celery.concurrency.prefork:TaskPool" -> "prefork"
@@ -67,7 +79,7 @@ def _worker(name: str, stats: Mapping[str, Any], active: Sequence[Any], queues: 
         pool=implementation or "unknown",
         concurrency=int(pool.get("max-concurrency") or 0),
         pids=[int(p) for p in pool.get("processes") or ()],
-        active=[_active_job(request) for request in active],
+        active=[job for request in active for job in _active_jobs(request)],
         processed={str(k): int(v) for k, v in (stats.get("total") or {}).items()},
     )
 
