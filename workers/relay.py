@@ -42,21 +42,26 @@ EVENTS_PER_MESSAGE = 16
 
 
 def pack(events: Sequence[Event], spread: int = SPREAD, most: int = EVENTS_PER_MESSAGE) -> list[list[Event]]:
-    """The events in messages: a case's events together and in their order (one task runs them
-    in turn, so a case's later event never overtakes an earlier one of the same batch), cases
-    in the order of their first event, about ``spread`` messages of at most ``most`` events."""
+    """The events in messages, cases in the order of their first event. A case's events go in
+    one message, in their order, when there are no more than ``most`` of them: one task runs
+    them in turn, so the later never overtakes the earlier (a case with more fills messages of
+    ``most`` in turn). Cases with fewer events than ``base`` share messages of up to ``base``
+    events: an event each while the batch has no more than ``spread`` events (latency is what
+    counts while the relay keeps up), about ``spread`` messages for a backlog."""
     by_case: dict[str, list[Event]] = {}
     for event in events:
         by_case.setdefault(event.case_id, []).append(event)
-    size = max(1, min(most, math.ceil(len(events) / spread)))
+    base = max(1, min(most, math.ceil(len(events) / spread)))
     messages: list[list[Event]] = []
     current: list[Event] = []
     for case_events in by_case.values():
-        for event in case_events:
-            current.append(event)
-            if len(current) == size:
-                messages.append(current)
-                current = []
+        if current and len(current) + len(case_events) > base:
+            messages.append(current)
+            current = []
+        if len(case_events) > base:  # alone, in as few messages as it needs
+            messages += [case_events[i : i + most] for i in range(0, len(case_events), most)]
+        else:
+            current += case_events
     if current:
         messages.append(current)
     return messages

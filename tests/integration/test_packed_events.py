@@ -1,0 +1,190 @@
+"""A backlog goes to the workers several events to a message (the relay packs it), and the
+relay holds back while the workers' queue is full: real Redis, PostgreSQL, SMTP server and
+`celery worker` processes."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from sqlalchemy import func, select
+
+from config.celery import celery_config
+from tests.integration.processes import QUEUE, RedisServer, queued_jobs, start_worker, stop, wait_for
+from tests.servers import smtp_server
+from tests.support import advance_to, jobs_of
+from workers import relay
+from workers.jobs import send_events
+from workflow.adapters import tables as tb
+from workflow.adapters.relay import OutboxRelay
+from workflow.bootstrap import App
+from workflow.demo import HOUSEHOLD
+from workflow.service_layer.effects import Event, runnable_effects
+
+pytestmark = pytest.mark.postgres
+o, j = tb.outbox.c, tb.jobs.c
+FAMILY = str(HOUSEHOLD[0]["email"])
+
+
+@pytest.fixture
+def celery(redis_server: RedisServer) -> Celery:
+    app = Celery("avrr-test")
+    app.conf.update(celery_config(redis_server.url()))
+    return app
+
+
+def _events(app: App) -> list[Event]:
+    """Every event with jobs in the outbox, in commit order."""
+    with app.db.connect() as conn:
+        rows = conn.execute(select(o.event_id, o.event_type, o.case_id).order_by(o.id)).all()
+    return [Event(*row) for row in rows if runnable_effects(row.event_type)]
+
+
+def _jobs(app: App) -> list[tuple[str, str, str, int, float]]:
+    """(case, event, status, attempts, started) of every job, in the order the jobs started."""
+    with app.db.connect() as conn:
+        rows = conn.execute(select(j.case_id, j.event_id, j.status, j.attempts, j.started_at)).all()
+    return sorted(((r[0], r[1], r[2], r[3], r[4].timestamp()) for r in rows), key=lambda r: r[4])
+
+
+def _unsent(app: App) -> int:
+    with app.db.connect() as conn:
+        return int(conn.scalar(select(func.count()).select_from(tb.outbox).where(o.sent_at.is_(None))) or 0)
+
+
+def test_a_backlog_goes_packed_runs_each_case_in_order_and_retries_an_event_on_its_own(
+    pg_app: App, pg_url: str, redis_server: RedisServer, celery: Celery, tmp_path: Path
+) -> None:
+    """Events committed while no worker runs go out in one round: fewer messages than events,
+    a case's events in one message. The family's server refuses the first e-mail for now: that
+    event goes on in its own message as a retry; every other job runs once, in its case's order."""
+    cases = [advance_to(pg_app, "return_approved") for _ in range(4)]
+    events = _events(pg_app)
+    expected = sum(len(jobs_of(pg_app, case)) for case in cases)
+    rows = _unsent(pg_app)  # the events without jobs too: nothing to publish for them
+    assert OutboxRelay(pg_app.db, relay.celery_publisher(celery)).relay_once() == rows
+    broker = redis_server.client()
+    messages = broker.llen(QUEUE)
+    queued = queued_jobs(broker)
+    assert sorted(args[0] for args in queued) == sorted(e.event_id for e in events)  # each once
+    assert 1 < messages < len(events)
+
+    with smtp_server() as (smtp, inbox):
+        inbox.rcpt_next = {FAMILY: ["451 4.3.0 try again later"]}  # the first e-mail to the family
+        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
+        log = tmp_path / "worker.log"
+        worker = start_worker(pg_url, redis_server.url(), log, 2, env)
+        try:
+            wait_for(lambda: sum(r[2] == "done" for r in _jobs(pg_app)) == expected, 60, "every job done")
+            time.sleep(1.0)  # a duplicate would have run by now
+            received = Counter(str(m["Message-ID"]) for m in inbox.received())
+        finally:
+            stop(worker, 30)
+    ran = _jobs(pg_app)
+    assert len(ran) == expected and {r[2] for r in ran} == {"done"}
+    assert sorted(r[3] for r in ran) == [1] * (expected - 1) + [2]  # the refused e-mail, once more
+    assert received and set(received.values()) == {1}  # no e-mail twice
+    text = log.read_text(errors="replace")
+    assert "avrr.events.handle_many" in text and "events.sent_on" in text
+    # Each case's jobs that ran once started in the order of their events' commits.
+    order = {e.event_id: i for i, e in enumerate(events)}
+    for case in cases:
+        firsts = [order[r[1]] for r in ran if r[0] == case and r[3] == 1]
+        assert firsts == sorted(firsts), case
+
+
+def test_an_event_that_fails_for_good_does_not_stop_the_others_of_its_message(
+    pg_app: App, pg_url: str, redis_server: RedisServer, celery: Celery, tmp_path: Path
+) -> None:
+    """A message of three events whose middle one names a case that is not there: its jobs are
+    filed in the dead letters, the events around it are done, and the task ends as failed."""
+    case = advance_to(pg_app, "return_approved")
+    first, *_, last = _events(pg_app)
+    lost = Event(str(uuid.uuid4()), "ReturnApproved", str(uuid.uuid4()))
+    with celery.producer_or_acquire() as producer:
+        send_events(celery, [first, lost, last], producer)
+    assert redis_server.client().llen(QUEUE) == 1
+    with smtp_server() as (smtp, _):
+        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
+        log = tmp_path / "worker.log"
+        worker = start_worker(pg_url, redis_server.url(), log, 1, env)
+        try:
+            mine = {first.event_id, last.event_id}
+            total = len(jobs_of(pg_app, case))
+            wait_for(lambda: "JobsDeadLettered" in log.read_text(errors="replace"), 60, "the task's failure")
+        finally:
+            stop(worker, 30)
+    with pg_app.db.connect() as conn:
+        states = dict(conn.execute(select(j.event_id, j.status).where(j.event_id.in_(mine))).all())
+        filed = conn.scalars(select(tb.dead_letters.c.event_id)).all()
+    assert states == dict.fromkeys(mine, "done")
+    assert set(filed) == {lost.event_id} and len(filed) == len(lost.jobs())
+    assert total > len(mine)  # the case's other events were not sent: only these two ran
+
+
+def test_the_relay_holds_events_while_the_queue_is_full_and_sends_them_packed_when_it_empties(
+    pg_app: App, redis_server: RedisServer, celery: Celery
+) -> None:
+    broker = redis_server.client()
+    for _ in range(2):  # two messages no worker takes: the queue is full for this gate
+        celery.send_task("avrr.noop")
+    gate = relay.QueueGate(celery, hold_at=2, longest=30.0)
+    assert gate.waiting() == 2
+    halt = threading.Event()
+    loop = threading.Thread(
+        target=relay.run,
+        args=(pg_app.db, celery, halt, 0.2),
+        kwargs={"heartbeat": None, "gate": gate},
+        daemon=True,
+    )
+    loop.start()
+    try:
+        for _ in range(4):
+            advance_to(pg_app, "return_approved")
+        events, rows = _events(pg_app), _unsent(pg_app)
+        time.sleep(1.5)
+        assert _unsent(pg_app) == rows  # held in the outbox: nothing went out
+        assert broker.llen(QUEUE) == 2
+
+        broker.delete(QUEUE)  # the workers took what waited
+        wait_for(lambda: _unsent(pg_app) == 0, 10, "the held events sent")
+        assert sorted(a[0] for a in queued_jobs(broker)) == sorted(e.event_id for e in events)
+        assert broker.llen(QUEUE) < len(events)  # sent together, several to a message
+    finally:
+        halt.set()
+        loop.join(10)
+
+
+def test_a_queue_that_stays_full_holds_events_back_no_longer_than_the_gate_allows(
+    pg_app: App, redis_server: RedisServer, celery: Celery
+) -> None:
+    """With every worker away the queue never empties: events still reach the broker, held
+    back at most ``longest`` each round, as they reached it before the relay had a gate."""
+    for _ in range(2):
+        celery.send_task("avrr.noop")
+    gate = relay.QueueGate(celery, hold_at=2, longest=0.5)
+    halt = threading.Event()
+    loop = threading.Thread(
+        target=relay.run,
+        args=(pg_app.db, celery, halt, 0.2),
+        kwargs={"heartbeat": None, "gate": gate},
+        daemon=True,
+    )
+    loop.start()
+    try:
+        advance_to(pg_app, "return_approved")
+        events = _events(pg_app)
+        wait_for(lambda: _unsent(pg_app) == 0, 10, "the events sent despite the full queue")
+        queued = [a[0] for a in queued_jobs(redis_server.client()) if a]  # not the no-ops
+        assert sorted(queued) == sorted(e.event_id for e in events)
+        started = time.monotonic()
+        assert gate.wait(halt) == pytest.approx(0.5, abs=0.3)
+        assert time.monotonic() - started < 1.0
+    finally:
+        halt.set()
+        loop.join(10)
