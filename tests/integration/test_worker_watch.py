@@ -104,7 +104,10 @@ def test_an_effect_job_shows_its_ids_only() -> None:
 def test_a_several_events_message_shows_each_of_its_events() -> None:
     request = {
         "name": "avrr.events.handle_many",
-        "args": [["event-1", "InquiryRegistered", "case-1", None], ["event-2", "TravelRebooked", "case-1", None]],
+        "args": [
+            ["event-1", "InquiryRegistered", "case-1", None],
+            ["event-2", "TravelRebooked", "case-1", None],
+        ],
         "time_start": 1_795_000_000.0,
         "worker_pid": 7,
     }
@@ -114,4 +117,5 @@ def test_a_several_events_message_shows_each_of_its_events() -> None:
         ("avrr.events.handle_many", "event-2", "TravelRebooked", "case-1", 7),
     ]
     assert _active_jobs({"name": "avrr.events.handle_many", "args": []})[0].event_id is None
-    assert [j.event_id for j in _active_jobs({"name": "avrr.events.handle", "args": ["e", "T", "c"]})] == ["e"]
+    single = _active_jobs({"name": "avrr.events.handle", "args": ["e", "T", "c"]})
+    assert [j.event_id for j in single] == ["e"]
