@@ -119,6 +119,10 @@ def test_a_job_that_keeps_dying_is_dead_lettered_after_its_attempt_cap(pg_app: A
 
     assert outcome == "dead"
     assert _tasks(pg_app, case_id) == []
+    with pg_app.db.connect() as conn:  # the three made, not the refused fourth start
+        filed = conn.execute(select(tb.dead_letters.c.attempts, tb.dead_letters.c.error)).one()
+        kept = conn.scalar(select(tb.jobs.c.attempts).where(tb.jobs.c.event_id == event_id))
+    assert (tuple(filed), kept) == ((3, "gave up after 3 attempts"), 3)
 
 
 def test_one_message_per_event_retries_the_failing_job_and_leaves_its_done_task_alone(

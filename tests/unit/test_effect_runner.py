@@ -63,9 +63,11 @@ class Store:
             self.deliveries.add(delivered)
         self.status = status
 
-    def dead_letter(self, job: Job, error: str, now: datetime) -> None:
+    def dead_letter(self, job: Job, error: str, now: datetime, attempts: int | None = None) -> None:
         self.status = "dead"
         self.dead.append(error)
+        if attempts is not None:
+            self.attempts = attempts
 
     def close(self) -> None:
         self.closed += 1
@@ -188,6 +190,7 @@ def test_a_job_past_its_attempt_cap_is_dead_lettered_without_running() -> None:
         == "dead"
     )
     assert email.sent == [] and store.dead == ["gave up after 3 attempts"]
+    assert store.attempts == 3  # what was made: the refused fourth start is not counted
 
 
 def test_a_finished_job_does_nothing_when_delivered_again() -> None:
@@ -266,7 +269,7 @@ def test_a_job_that_killed_its_worker_too_often_is_dead_lettered_and_its_event_g
             self.counts[job.effect] = self.counts.get(job.effect, 0) + 1
             return "running", self.counts[job.effect]
 
-        def dead_letter(self, job: Job, error: str, now: datetime) -> None:
+        def dead_letter(self, job: Job, error: str, now: datetime, attempts: int | None = None) -> None:
             self.outcomes[job.effect] = error
 
         def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:

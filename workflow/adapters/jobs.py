@@ -267,13 +267,14 @@ class SqlJobStore:
                 conn.execute(self._sql.record, params)
                 conn.execute(self._sql.finish, params)
 
-    def dead_letter(self, job: Job, error: str, now: datetime) -> None:
+    def dead_letter(self, job: Job, error: str, now: datetime, attempts: int | None = None) -> None:
+        made = {} if attempts is None else {"attempts": attempts}
         with writing(self._db) as conn:
             attempts = conn.execute(
                 update(tb.jobs)
                 # Only an unfinished job: a concurrent delivery that finished it stays done.
                 .where(_key(job), j.status.in_(("running", "pending")))
-                .values(status="dead", last_error=error, finished_at=now)
+                .values(status="dead", last_error=error, finished_at=now, **made)
                 .returning(j.attempts)
             ).scalar()
             if attempts is None:

@@ -118,8 +118,10 @@ class JobStore(Protocol):
         """Marks the job finished; ``delivered`` is a channel whose send is recorded with it."""
         ...
 
-    def dead_letter(self, job: Job, error: str, now: datetime) -> None:
-        """Marks the job dead and files it with its error and attempts, in one transaction."""
+    def dead_letter(self, job: Job, error: str, now: datetime, attempts: int | None = None) -> None:
+        """Marks the job dead and files it with its error and attempts, in one transaction;
+        ``attempts``, when given, is what both record (the attempt cap: the start that was
+        refused counted one more than were made)."""
         ...
 
     def close(self) -> None:
@@ -204,7 +206,8 @@ class EffectRunner:
         if status in ("done", "dead"):
             return status  # a redelivery or a replay of a finished job does nothing
         if attempts > self._max_attempts:
-            store.dead_letter(job, f"gave up after {attempts - 1} attempts", self._clock.now())
+            made = attempts - 1  # the start just counted was refused: it is not an attempt
+            store.dead_letter(job, f"gave up after {made} attempts", self._clock.now(), attempts=made)
             if capped is not None:
                 capped.append(job)
             log.warning("job.dead_lettered", event_id=job.event_id, effect=job.effect, attempts=attempts)
