@@ -6,6 +6,7 @@ Run from the repository root (PostgreSQL and Redis on 127.0.0.1):
     .venv/bin/python -m bench.pipeline --quick          # smoke run, about a minute
     .venv/bin/python -m bench.pipeline --rates 100,200 --seconds 20 --workers-concurrency 4
     .venv/bin/python -m bench.pipeline --workload tasks  # database effects only, no e-mail or SMS
+    .venv/bin/python -m bench.pipeline --rates 200 --drain 6000  # and a backlog drained
 
 What runs, all real processes: a private PostgreSQL database (created, migrated, dropped), a
 private Redis database number (flushed before and after), ``celery -A workers.app worker -Q avrr``
@@ -25,6 +26,11 @@ aiosmtpd sink in this process (AVRR_SMTP_HOST/PORT) and an SMS file sink (AVRR_S
     jobs, which run in turn. Latency is ``jobs.finished_at - outbox.occurred_at``
     for every job of every fired event; ``occurred_at`` is the fire's clock reading taken before the
     transition's writes, so it comes a few ms before the commit (the "fire" column shows how many).
+
+(c) With ``--drain N``, after the rates: N transitions committed while the relay is stopped
+    (SIGSTOP), then drained once it goes on, with the machine to itself (the clients idle): the
+    relay's and the workers' own capacity, in events/s and as a ratio of bare Celery, with the
+    messages the relay sent (the backlog goes packed) and the CPU per event.
 
 A rate counts as sustained when every job finished, p99 < 1 s, the clients really fired at that
 rate, no fire failed, and the backlog did not grow (latency in the last third of the run is not
@@ -804,6 +810,73 @@ def summary(results: list[RateResult], bares: list[Bare], args: argparse.Namespa
         print("  the highest rate run was sustained: try higher --rates")
 
 
+# -- (c) a backlog drained, the clients idle ----------------------------------------------------
+
+
+@dataclass
+class Drain:
+    events: int = 0
+    jobs: int = 0
+    seconds: float = float("nan")
+    messages: int = 0  # messages the relay published while draining (Redis LPUSH calls)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+def drain_backlog(count: int, firers: Firers, probe: Probe, meter: CpuMeter, relay: Proc) -> Drain:
+    """``count`` transitions committed while the relay is stopped (SIGSTOP), then the relay goes
+    on (SIGCONT) and the pipeline drains them with the machine to itself: the relay's and the
+    workers' own capacity, which the steady rates cannot show once the clients take half the
+    CPUs. Its rate is from SIGCONT until every job finished."""
+    os.kill(relay.popen.pid, signal.SIGSTOP)
+    try:
+        fire_rate = 5000.0  # faster than the clients can go: they fire back to back
+        outputs = firers.run(fire_rate, count / fire_rate, time.time() + 0.5)
+    except BaseException:
+        os.kill(relay.popen.pid, signal.SIGCONT)
+        raise
+    event_ids = [eid for out in outputs for ids, *_ in out["records"] for eid in ids]
+    from workflow.service_layer.effects import runnable_effects
+
+    with probe.db.connect() as conn:
+        types = conn.execute(
+            text("SELECT event_type FROM outbox WHERE event_id = ANY(:ids)"), {"ids": event_ids}
+        ).scalars()
+        expected = sum(len(runnable_effects(t)) for t in types)
+    analyze(probe.db)
+    result = Drain(len(event_ids), expected)
+    pushes0 = _lpush_calls(probe.broker)
+    cpu0, start = meter.snapshot(), time.perf_counter()
+    os.kill(relay.popen.pid, signal.SIGCONT)
+    if probe.wait(lambda: probe.finished(event_ids) >= expected, 600, "the backlog to drain", 0.05):
+        result.seconds = time.perf_counter() - start
+    result.cpu = cpu_delta(cpu0, meter.snapshot())
+    result.messages = _lpush_calls(probe.broker) - pushes0
+    return result
+
+
+def _lpush_calls(broker: redis.Redis) -> int:
+    """LPUSH calls the Redis server has answered (kombu publishes each message with one)."""
+    stats = broker.info("commandstats").get("cmdstat_lpush") or {}
+    return int(stats.get("calls", 0))
+
+
+def report_drain(d: Drain, bare: float) -> None:
+    roles = [k for k in d.cpu if not k.startswith("_")]
+    per_event = ", ".join(f"{k} {1000 * d.cpu[k] / max(d.events, 1):.1f}" for k in roles)
+    print(
+        f"drain: {d.events:,} events ({d.jobs:,} jobs) committed with the relay stopped, drained in "
+        f"{d.seconds:.1f} s once it went on: {d.rate:,.0f} events/s = {d.rate / bare:.2f} x bare Celery "
+        f"({d.jobs / d.seconds:,.0f} jobs/s = {d.jobs / d.seconds / bare:.2f} x); "
+        f"{d.messages:,} messages ({d.events / max(d.messages, 1):.1f} events each); "
+        f"CPU ms per event: {per_event}",
+        flush=True,
+    )
+
+
 # -- main ------------------------------------------------------------------------------------
 
 
@@ -828,6 +901,12 @@ def main() -> None:
     parser.add_argument("--worker-log-level", default="WARNING", help="INFO logs a line per job")
     parser.add_argument("--postgres-url", default=ADMIN_URL, help="admin URL; a private database is made")
     parser.add_argument("--redis-url", default=f"{REDIS_URL}/15", help="flushed before and after")
+    parser.add_argument(
+        "--drain",
+        type=int,
+        default=0,
+        help="after the rates, commit this many transitions with the relay stopped and time the drain",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: two low rates, 3 s each")
     args = parser.parse_args()
     if args.quick:
@@ -902,9 +981,14 @@ def main() -> None:
             probe.wait(probe.idle, 120, "an idle pipeline", poll=0.2)
             time.sleep(1.0)
 
+        drain = drain_backlog(args.drain, firers, probe, meter, relay) if args.drain else None
+        if drain is not None:
+            probe.wait(probe.idle, 120, "an idle pipeline", poll=0.2)
         bares.append(bare_celery(celery, probe, args.noop_tasks, meter))
         report_bare(bares[-1], args.noop_tasks, "again, after the pipeline")
         summary(results, bares, args)
+        if drain is not None:
+            report_drain(drain, statistics.mean(b.rate for b in bares))
 
 
 if __name__ == "__main__":
