@@ -342,6 +342,15 @@ timers = Table(
         postgresql_where=text("status = 'pending'"),
         sqlite_where=text("status = 'pending'"),
     ),
+    # A case's pending timers: what a transition cancels and what a notice's dates come from. A
+    # case keeps every timer it ever had (each visit or rebooking cancels one and starts one), so
+    # ix_timers_case_id alone reads the whole history (migration 0009).
+    Index(
+        "ix_timers_case_pending",
+        "case_id",
+        postgresql_where=text("status = 'pending'"),
+        sqlite_where=text("status = 'pending'"),
+    ),
 )
 
 # One row per (event, effect): the workers' inbox, attempt counter and outcome. An effect's

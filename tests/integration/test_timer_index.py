@@ -1,0 +1,73 @@
+"""A case's pending timers have an index of their own (migration 0009): the transition's cancel
+and the workers' facts read find them without reading the case's whole timer history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, inspect, text
+
+from tests.support import register
+from workflow.adapters import tables as tb
+from workflow.adapters.change_writers import _CANCEL_TIMERS
+from workflow.adapters.notices import _FACTS
+from workflow.bootstrap import App
+
+NOW = datetime(2026, 12, 6, tzinfo=UTC)
+
+
+def _history(db: Engine, case_id: str, cancelled: int) -> None:
+    """The case's past: ``cancelled`` timers, each once started and cancelled, and one pending."""
+    rows = [
+        {
+            "id": str(uuid.uuid4()),
+            "case_id": case_id,
+            "name": "monitoring_visit",
+            "state": "monitoring",
+            "due_at": NOW + timedelta(days=i),
+            "fires_trigger": "escalate",
+            "status": "cancelled" if i < cancelled else "pending",
+            "created_at": NOW,
+        }
+        for i in range(cancelled + 1)
+    ]
+    with db.begin() as conn:
+        conn.execute(tb.timers.insert(), rows)
+        conn.execute(text("ANALYZE timers"))
+
+
+def _plan(db: Engine, statement: object, params: dict[str, object]) -> str:
+    compiled = statement.compile(dialect=db.dialect)  # type: ignore[attr-defined]
+    values = compiled.construct_params(params)
+    if db.dialect.name == "sqlite":  # positional parameters, in the statement's order
+        explain, args = "EXPLAIN QUERY PLAN ", tuple(values[name] for name in compiled.positiontup)
+    else:
+        explain, args = "EXPLAIN ", values
+    with db.connect() as conn:
+        rows = conn.exec_driver_sql(explain + str(compiled), args).all()
+    return "\n".join(str(row[-1]) for row in rows)
+
+
+def test_the_index_is_there_and_covers_only_pending_timers(app: App) -> None:
+    indexes = {ix["name"]: ix for ix in inspect(app.db).get_indexes("timers")}
+    assert indexes["ix_timers_case_pending"]["column_names"] == ["case_id"]
+    with app.db.connect() as conn:
+        if app.db.dialect.name == "postgresql":
+            definition = conn.scalar(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_timers_case_pending'")
+            )
+        else:
+            definition = conn.scalar(
+                text("SELECT sql FROM sqlite_master WHERE name = 'ix_timers_case_pending'")
+            )
+    assert "pending" in str(definition) and "WHERE" in str(definition).upper()
+
+
+def test_a_case_with_a_long_timer_history_is_read_through_its_pending_timers(app: App) -> None:
+    case_id = register(app).case_id
+    _history(app.db, case_id, 3000)
+    cancel = _plan(app.db, _CANCEL_TIMERS, {"_case": case_id, "_state": "monitoring"})
+    facts = _plan(app.db, _FACTS, {"case_id": case_id})
+    assert "ix_timers_case_pending" in cancel, cancel
+    assert "ix_timers_case_pending" in facts, facts
