@@ -95,6 +95,8 @@ def celery_publisher(app: Celery) -> Callable[[Sequence[OutboxMessage]], None]:
 # sustained 300/s where the relay without a gate fell behind at 250/s.
 HOLD_AT = 8
 HOLD_PAUSE = 0.002
+PROBE_TIMEOUT = 0.5  # seconds a look at the queue may take
+BLIND_SECONDS = 5.0  # after a failed look, the relay goes on without looking for this long
 
 
 class QueueGate:
@@ -112,12 +114,26 @@ class QueueGate:
         self._app, self.hold_at, self._pause, self._longest = app, hold_at, pause, longest
         self._queue = app.conf.task_default_queue
         self._conn: Any = None
+        self._blind_until = 0.0
 
     def waiting(self) -> int:
-        """Messages waiting in the workers' queue (0 when the broker cannot say)."""
+        """Messages waiting in the workers' queue (0 when the broker cannot say). After a failed
+        look it does not look again for BLIND_SECONDS: a broker that is away must not slow each
+        round of the relay (whose publish finds that out and backs off) by a connect timeout."""
+        if time.monotonic() < self._blind_until:
+            return 0
         try:
             if self._conn is None:
-                self._conn = self._app.connection_for_read()
+                # One try, half a second at most: kombu would otherwise retry the connection
+                # for seconds, and a socket without a timeout can wait for ever.
+                self._conn = self._app.connection_for_read(
+                    connect_timeout=PROBE_TIMEOUT,
+                    transport_options={
+                        "max_retries": 0,
+                        "socket_timeout": PROBE_TIMEOUT,
+                        "socket_connect_timeout": PROBE_TIMEOUT,
+                    },
+                )
             channel = self._conn.default_channel
             if self._conn.transport.driver_type == "redis":
                 # One LLEN on the channel's own pool (kombu's key prefix applies). Our messages
@@ -127,6 +143,7 @@ class QueueGate:
             return int(channel.queue_declare(queue=self._queue, passive=True).message_count)
         except Exception as exc:  # the broker is away or the queue was never declared
             self.close()
+            self._blind_until = time.monotonic() + BLIND_SECONDS
             log.debug("relay.queue_unknown", error=type(exc).__name__)
             return 0
 

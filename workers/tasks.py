@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 
 from config.celery import MAX_ATTEMPTS, RETRY_BACKOFF_MAX
 from workers.app import app
-from workers.jobs import send_event
+from workers.jobs import send_event, send_events
 from workflow.adapters import metrics
 from workflow.bootstrap import bootstrap, effect_runner
 from workflow.service_layer.effects import EffectRunner, Event, Job
@@ -184,46 +184,81 @@ class EventsTask(Task):  # type: ignore[misc]
 @app.task(name="avrr.events.handle_many", base=EventsTask, bind=True, max_retries=MAX_ATTEMPTS - 1)
 def handle_events(self: Task, *events: list[str | None]) -> str:
     """Several events of a backlog in one message (workers/relay.py packs them), each run in
-    turn as ``handle_event`` runs one, so a case's events keep their order. The message itself
-    is never retried: an event that needs a retry goes on in its own message, as its first
-    retry, and so does every event after one the soft time limit cut short (not yet run, as
-    it was). An error nobody expected in one event's run files that event's unfinished jobs
-    and the others still run. Ends as a failed task (JobsDeadLettered) when any event filed
-    a job in the dead letters."""
+    turn as ``handle_event`` runs one. The message itself is not retried: an event that needs a
+    retry goes on in its own message, as its next retry, with its backoff (so a later event of
+    its case in this message may take effect first, as with any retry); when the soft time limit
+    cuts the run short, the event it cut goes on as a retry and the events not yet run go on
+    together in one message, in their order. An error nobody expected in one event's run files
+    that event's unfinished jobs and the others still run; should that filing fail, the event
+    goes on as a retry. Should sending events on fail (the broker away), the whole message goes
+    back to the queue (its done jobs are skipped when it runs again). Ends as a failed task
+    (JobsDeadLettered) when an event filed a job in the dead letters and is not being retried."""
     retries = self.request.retries
     todo = [
         Event(str(i), str(t), str(c), datetime.fromisoformat(at) if at else None) for i, t, c, at in events
     ]
-    onward: list[tuple[Event, int, float | None]] = []  # (event, its retries, countdown)
+    retrying: list[tuple[Event, float, int | None]] = []  # (event, countdown, max_retries)
+    rest: list[Event] = []  # not run: the soft time limit ended the message first
     dead: list[str] = []
     for index, event in enumerate(todo):
-        structlog.contextvars.bind_contextvars(event_id=event.event_id, case_id=event.case_id)
         try:
-            verdict = run_event(event, retries, self.max_retries)
-        except SoftTimeLimitExceeded:  # between two jobs: this event and the rest go on
-            onward.append((event, retries + 1, backoff(retries)))
-            onward += [(later, retries, None) for later in todo[index + 1 :]]
+            structlog.contextvars.bind_contextvars(event_id=event.event_id, case_id=event.case_id)
+            try:
+                verdict = run_event(event, retries, self.max_retries)
+            except SoftTimeLimitExceeded:
+                raise
+            except Exception as exc:  # outside the event's jobs: as handle_event's on_failure
+                try:
+                    for job in event.jobs():
+                        _give_up(job, _error(exc), type(exc).__name__)
+                except TRANSIENT:  # the filing failed too: the retry runs it again
+                    retrying.append((event, backoff(min(retries, 6)), retries + 1))
+                else:
+                    dead.append(f"{event.event_id}: {type(exc).__name__}")
+                continue
+        except SoftTimeLimitExceeded:  # anywhere in this event's turn: it retries, the rest go on
+            retrying.append((event, backoff(retries), None))
+            rest = todo[index + 1 :]
             break
-        except Exception as exc:  # outside the event's jobs, as handle_event's on_failure files it
-            for job in event.jobs():
-                _give_up(job, _error(exc), type(exc).__name__)
-            dead.append(f"{event.event_id}: {type(exc).__name__}")
-            continue
-        dead += verdict.dead
         if verdict.retry_in is not None:
-            onward.append((event, retries + 1, verdict.retry_in))
+            retrying.append((event, verdict.retry_in, verdict.max_retries))
+        else:  # a retry reports its dead jobs when it ends (dead_before), not now as well
+            dead += verdict.dead
         if verdict.out_of_time:
-            onward += [(later, retries, None) for later in todo[index + 1 :]]
+            rest = todo[index + 1 :]
             break
     structlog.contextvars.unbind_contextvars("event_id", "case_id")
-    if onward:
-        with self.app.producer_or_acquire() as producer:
-            for event, tries, countdown in onward:
-                send_event(self.app, event, producer, retries=tries, countdown=countdown)
-        retried = sum(1 for _, tries, _ in onward if tries > retries)
-        log.warning("events.sent_on", events=len(onward), retried=retried)
-        if retried:
-            metrics.TASK_RETRIES.labels(self.name).inc(retried)
+    dead += _send_on(self, retrying, rest)
     if dead:
         raise JobsDeadLettered(", ".join(dead))
     return "done"
+
+
+def _send_on(task: Task, retrying: list[tuple[Event, float, int | None]], rest: list[Event]) -> list[str]:
+    """Sends the retries of a several-events message, each on its own, and the events it did not
+    reach, together. A retry whose event has used every retry is not sent: its jobs are filed,
+    and the events so filed are returned."""
+    filed: list[str] = []
+    if not retrying and not rest:
+        return filed
+    retries = task.request.retries
+    going: list[tuple[Event, float]] = []
+    for event, countdown, limit in retrying:
+        if retries + 1 <= (task.max_retries if limit is None else limit):
+            going.append((event, countdown))
+            continue
+        for job in event.jobs():  # as Task.retry would fail the task: its unfinished jobs are filed
+            _give_up(job, "the event's retries ran out", "MaxRetriesExceededError")
+        filed.append(f"{event.event_id}: retries ran out")
+    try:
+        with task.app.producer_or_acquire() as producer:
+            for event, countdown in going:
+                send_event(task.app, event, producer, retries=retries + 1, countdown=countdown)
+            send_events(task.app, rest, producer)
+    except Exception as exc:  # the broker is away (or time ran out): the whole message, again
+        log.warning("events.send_on_failed", error=type(exc).__name__, events=len(going) + len(rest))
+        raise Reject(exc, requeue=True) from None
+    log.warning("events.sent_on", retried=len(going), not_reached=len(rest))
+    if going:
+        metrics.TASK_RETRIES.labels(task.name).inc(len(going))
+    return filed

@@ -4,6 +4,7 @@ relay holds back while the workers' queue is full: real Redis, PostgreSQL, SMTP 
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
@@ -182,9 +183,26 @@ def test_a_queue_that_stays_full_holds_events_back_no_longer_than_the_gate_allow
         wait_for(lambda: _unsent(pg_app) == 0, 10, "the events sent despite the full queue")
         queued = [a[0] for a in queued_jobs(redis_server.client()) if a]  # not the no-ops
         assert sorted(queued) == sorted(e.event_id for e in events)
+        mine = relay.QueueGate(celery, hold_at=2, longest=0.5)  # the loop's own is its thread's
         started = time.monotonic()
-        assert gate.wait(halt) == pytest.approx(0.5, abs=0.3)
+        assert mine.wait(halt) == pytest.approx(0.5, abs=0.3)
         assert time.monotonic() - started < 1.0
+        mine.close()
     finally:
         halt.set()
         loop.join(10)
+
+
+def test_a_broker_that_is_away_holds_nothing_back_and_costs_the_relay_no_wait() -> None:
+    """The gate cannot see the queue: it lets the relay go on at once (its publish finds the
+    broker away and backs off), and does not try again for a while."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    away = Celery("avrr-test")
+    away.conf.update(celery_config(f"redis://127.0.0.1:{port}/0"))
+    gate = relay.QueueGate(away, hold_at=1, longest=30.0)
+    started = time.monotonic()
+    assert gate.waiting() == 0
+    assert gate.wait(threading.Event()) < 0.1
+    assert time.monotonic() - started < 2.0  # one short try, not kombu's retries

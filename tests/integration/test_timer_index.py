@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.dialects import postgresql
 
 from tests.support import register
 from workflow.adapters import tables as tb
@@ -38,15 +39,26 @@ def _history(db: Engine, case_id: str, cancelled: int) -> None:
 
 
 def _plan(db: Engine, statement: object, params: dict[str, object]) -> str:
-    compiled = statement.compile(dialect=db.dialect)  # type: ignore[attr-defined]
+    """The plan the database uses for the statement. On PostgreSQL the generic plan of the
+    statement prepared with its parameters ($1, $2 ...), as a pooled connection runs it once
+    psycopg has prepared it: only constants in the statement can match a partial index there."""
+    if db.dialect.name == "sqlite":
+        compiled = statement.compile(dialect=db.dialect)  # type: ignore[attr-defined]
+        values = compiled.construct_params(params)
+        args = tuple(values[name] for name in compiled.positiontup)
+        with db.connect() as conn:
+            rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), args).all()
+        return "\n".join(str(row[-1]) for row in rows)
+    compiled = statement.compile(dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar"))  # type: ignore[attr-defined]
     values = compiled.construct_params(params)
-    if db.dialect.name == "sqlite":  # positional parameters, in the statement's order
-        explain, args = "EXPLAIN QUERY PLAN ", tuple(values[name] for name in compiled.positiontup)
-    else:
-        explain, args = "EXPLAIN ", values
+    literals = ", ".join("'" + str(values[name]).replace("'", "''") + "'" for name in compiled.positiontup)
     with db.connect() as conn:
-        rows = conn.exec_driver_sql(explain + str(compiled), args).all()
-    return "\n".join(str(row[-1]) for row in rows)
+        conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+        conn.exec_driver_sql(f"PREPARE planned AS {compiled}")
+        rows = conn.exec_driver_sql(f"EXPLAIN EXECUTE planned({literals})").all()
+        conn.exec_driver_sql("DEALLOCATE planned")
+        conn.rollback()
+    return "\n".join(str(row[0]) for row in rows)
 
 
 def test_the_index_is_there_and_covers_only_pending_timers(app: App) -> None:

@@ -42,7 +42,7 @@ _CANCEL_TIMERS = (
     .where(
         tb.timers.c.case_id == bindparam("_case"),
         tb.timers.c.state == bindparam("_state"),
-        tb.timers.c.status == "pending",
+        tb.timers.c.status == tb.PENDING,  # a literal: ix_timers_case_pending
     )
     .values(status="cancelled")
 )

@@ -52,7 +52,7 @@ def _facts_query() -> Select[Any]:
     # then the earliest of those.
     latest = (
         select(func.max(t.due_at).label("due_at"))
-        .where(t.case_id == c.id, t.status == "pending")
+        .where(t.case_id == c.id, t.status == tb.PENDING)
         .group_by(t.name)
         .correlate(tb.cases)
         .subquery()
@@ -73,7 +73,7 @@ def _facts_query() -> Select[Any]:
             select(func.count()).where(m.case_id == c.id).scalar_subquery().label("travellers"),
             select(func.min(latest.c.due_at)).scalar_subquery().label("due_on"),
             select(func.max(t.due_at))
-            .where(t.case_id == c.id, t.status == "pending", t.name == "returnee_contact")
+            .where(t.case_id == c.id, t.status == tb.PENDING, t.name == "returnee_contact")
             .scalar_subquery()
             .label("contact_by"),
         )

@@ -8,13 +8,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
-    ColumnClause,
     Connection,
     Engine,
     Select,
     Subquery,
     func,
-    literal_column,
     select,
     union_all,
 )
@@ -26,10 +24,7 @@ from workflow.domain.lifecycle import LIFECYCLE, Lifecycle
 
 c, o, t, j, h = tb.cases.c, tb.outbox.c, tb.timers.c, tb.jobs.c, tb.case_history.c
 dl, k = tb.dead_letters.c, tb.case_counts.c
-# Literals, not bound parameters: a prepared statement's generic plan can prove a partial index's
-# predicate (status = 'pending', status = 'running') only from a constant (see adapters/timers.py).
-_PENDING: ColumnClause[str] = literal_column("'pending'")
-_RUNNING: ColumnClause[str] = literal_column("'running'")
+_PENDING, _RUNNING = tb.PENDING, tb.RUNNING  # literals: the partial indexes (see tables.PENDING)
 
 # A timer is due at its due time; beat claims due timers every few seconds, so one still pending
 # this long after its due time was missed (no beat, no worker, or a failing fire).

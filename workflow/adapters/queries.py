@@ -11,7 +11,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ColumnClause,
     ColumnElement,
     Engine,
     Select,
@@ -20,7 +19,6 @@ from sqlalchemy import (
     exists,
     false,
     func,
-    literal_column,
     or_,
     select,
     true,
@@ -38,9 +36,7 @@ c, t, o, m = tb.cases.c, tb.timers.c, tb.outbox.c, tb.household_members.c
 # The feed serves ids only up to the newest row older than this; the transactions that took the
 # ids before it have committed by then (a fire commits within milliseconds of its timestamp).
 EVENT_SETTLE = timedelta(seconds=5)
-# A literal, not a bound parameter: a prepared statement's generic plan can prove the partial
-# index's predicate (status = 'pending') only from a constant (see adapters/timers.py).
-_PENDING: ColumnClause[str] = literal_column("'pending'")
+_PENDING = tb.PENDING  # a literal: the partial index (see tables.PENDING)
 
 
 @dataclass(frozen=True, slots=True)

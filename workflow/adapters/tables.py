@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    ColumnClause,
     Date,
     DateTime,
     ForeignKey,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -321,6 +323,12 @@ tasks = Table(
     UniqueConstraint("source_event_id", "kind"),
     Index(None, "office", "status", "due_on"),
 )
+
+# Literals, not bound parameters, where a query must use a partial index on status: a prepared
+# statement's generic plan (psycopg prepares a statement after its fifth run on a connection) can
+# prove the index's predicate (status = 'pending') only from a constant, and otherwise scans.
+PENDING: ColumnClause[str] = literal_column("'pending'")
+RUNNING: ColumnClause[str] = literal_column("'running'")
 
 timers = Table(
     "timers",

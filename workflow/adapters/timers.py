@@ -12,16 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnClause, Engine, literal_column, or_, select, update
+from sqlalchemy import Engine, or_, select, update
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
 from workflow.service_layer.timers import DueTimer
 
 _t = tb.timers.c
-# A literal, not a bound parameter: a generic plan for a prepared statement can prove the partial
-# index's predicate (status = 'pending') only from a constant, and otherwise scans the table.
-_PENDING: ColumnClause[str] = literal_column("'pending'")
+_PENDING = tb.PENDING  # a literal: the partial index ix_timers_due (see tables.PENDING)
 
 
 class SqlTimerStore:

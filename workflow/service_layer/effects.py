@@ -210,7 +210,7 @@ class EffectRunner:
             store.dead_letter(job, f"gave up after {made} attempts", self._clock.now(), attempts=made)
             if capped is not None:
                 capped.append(job)
-            log.warning("job.dead_lettered", event_id=job.event_id, effect=job.effect, attempts=attempts)
+            log.warning("job.dead_lettered", event_id=job.event_id, effect=job.effect, attempts=made)
             self._observer.job_finished(job.effect, "dead", None)
             return "dead"
         if effect.kind == CREATE_TASK:
