@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -30,8 +31,11 @@ class Inbox:
         self.rcpt_reply: str | None = None
         self.rcpt_replies: dict[str, str] = {}  # by recipient address, ahead of rcpt_reply
         self.rcpt_next: dict[str, list[str]] = {}  # by address: replies used once each, first
+        self.rcpt_delays: list[float] = []  # seconds before answering the next RCPTs, one each
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        if self.rcpt_delays:
+            await asyncio.sleep(self.rcpt_delays.pop(0))
         upcoming = self.rcpt_next.get(address)
         reply = (upcoming.pop(0) if upcoming else None) or self.rcpt_replies.get(address) or self.rcpt_reply
         if reply:

@@ -4,6 +4,7 @@ relay holds back while the workers' queue is full: real Redis, PostgreSQL, SMTP 
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -18,9 +19,9 @@ from sqlalchemy import func, select
 from config.celery import celery_config
 from tests.integration.processes import QUEUE, RedisServer, queued_jobs, start_worker, stop, wait_for
 from tests.servers import smtp_server
-from tests.support import advance_to, jobs_of
+from tests.support import advance_to, jobs_of, register
 from workers import relay
-from workers.jobs import send_events
+from workers.jobs import EVENTS_TASK, event_args, send_events
 from workflow.adapters import tables as tb
 from workflow.adapters.relay import OutboxRelay
 from workflow.bootstrap import App
@@ -206,3 +207,36 @@ def test_a_broker_that_is_away_holds_nothing_back_and_costs_the_relay_no_wait() 
     assert gate.waiting() == 0
     assert gate.wait(threading.Event()) < 0.1
     assert time.monotonic() - started < 2.0  # one short try, not kombu's retries
+
+
+def test_a_packed_message_cut_by_the_soft_time_limit_retries_that_event_and_sends_the_rest_on(
+    pg_app: App, pg_url: str, redis_server: RedisServer, celery: Celery, tmp_path: Path
+) -> None:
+    """A message with a soft time limit of 2 s; the family's mail server takes 4 s to answer the
+    first recipient. The first event of a message of three is cut short: it goes on as a retry,
+    the two it did not reach go on together in one message, and each e-mail arrives once."""
+    cases = [register(pg_app).case_id for _ in range(3)]
+    events = _events(pg_app)
+    assert [e.case_id for e in events] == cases and all(e.event_type == "InquiryRegistered" for e in events)
+    # The message as the relay packs it, with a soft time limit of its own (the messages the
+    # task sends on have the configured 60 s).
+    args = [event_args(e) for e in events]
+    celery.send_task(EVENTS_TASK, args=args, soft_time_limit=2, time_limit=30)
+    with smtp_server() as (smtp, inbox):
+        inbox.rcpt_delays = [4.0]
+        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
+        log = tmp_path / "worker.log"
+        worker = start_worker(pg_url, redis_server.url(), log, 1, env)
+        try:
+            wait_for(lambda: sum(r[2] == "done" for r in _jobs(pg_app)) == 3, 60, "the three jobs done")
+            time.sleep(1.0)  # a duplicate would have run by now
+            received = Counter(str(m["Message-ID"]) for m in inbox.received())
+        finally:
+            stop(worker, 30)
+    attempts = {r[1]: r[3] for r in _jobs(pg_app)}
+    assert attempts == {events[0].event_id: 2, events[1].event_id: 1, events[2].event_id: 1}
+    assert len(received) == 3 and set(received.values()) == {1}
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))  # no colours
+    assert "Soft time limit (2s) exceeded for avrr.events.handle_many" in text
+    assert "events.sent_on" in text and "not_reached=2" in text and "retried=1" in text
+    assert len(re.findall(r"avrr\.events\.handle_many\[[0-9a-f-]+\] received", text)) == 2
