@@ -96,10 +96,8 @@ def start_worker(
     log_path: Path,
     concurrency: int = 2,
     env: Mapping[str, str] | None = None,
-    options: Sequence[str] = (),
 ) -> Popen:
-    """``celery -A workers.app worker`` (prefork) on the given database and broker; ``options``
-    go on its command line (``--soft-time-limit 2``, say)."""
+    """``celery -A workers.app worker`` (prefork) on the given database and broker."""
     worker_env = {
         "AVRR_DATABASE_URL": database_url,
         "AVRR_BROKER_URL": broker_url,
@@ -109,7 +107,7 @@ def start_worker(
     }
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-c", str(concurrency)]
     argv += ["-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h"]
-    argv += ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info", *options]
+    argv += ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"]
     return spawn(argv, log_path, worker_env)
 
 
