@@ -10,6 +10,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -129,23 +131,30 @@ def test_an_event_that_fails_for_good_does_not_stop_the_others_of_its_message(
     assert total > len(mine)  # the case's other events were not sent: only these two ran
 
 
+@contextmanager
+def _relay_behind_a_full_queue(app: App, celery: Celery, gate: relay.QueueGate) -> Iterator[None]:
+    """The relay's loop in a thread with ``gate``, behind two messages no worker takes (the
+    queue is full for a gate holding at 2)."""
+    for _ in range(2):
+        celery.send_task("avrr.noop")
+    halt = threading.Event()
+    kwargs = {"heartbeat": None, "gate": gate}
+    loop = threading.Thread(target=relay.run, args=(app.db, celery, halt, 0.2), kwargs=kwargs, daemon=True)
+    loop.start()
+    try:
+        yield
+    finally:
+        halt.set()
+        loop.join(10)
+
+
 def test_the_relay_holds_events_while_the_queue_is_full_and_sends_them_packed_when_it_empties(
     pg_app: App, redis_server: RedisServer, celery: Celery
 ) -> None:
     broker = redis_server.client()
-    for _ in range(2):  # two messages no worker takes: the queue is full for this gate
-        celery.send_task("avrr.noop")
     gate = relay.QueueGate(celery, hold_at=2, longest=30.0)
-    assert gate.waiting() == 2
-    halt = threading.Event()
-    loop = threading.Thread(
-        target=relay.run,
-        args=(pg_app.db, celery, halt, 0.2),
-        kwargs={"heartbeat": None, "gate": gate},
-        daemon=True,
-    )
-    loop.start()
-    try:
+    with _relay_behind_a_full_queue(pg_app, celery, gate):
+        assert broker.llen(QUEUE) == 2
         for _ in range(4):
             advance_to(pg_app, "return_approved")
         events, rows = _events(pg_app), _unsent(pg_app)
@@ -157,9 +166,6 @@ def test_the_relay_holds_events_while_the_queue_is_full_and_sends_them_packed_wh
         wait_for(lambda: _unsent(pg_app) == 0, 10, "the held events sent")
         assert sorted(a[0] for a in queued_jobs(broker)) == sorted(e.event_id for e in events)
         assert broker.llen(QUEUE) < len(events)  # sent together, several to a message
-    finally:
-        halt.set()
-        loop.join(10)
 
 
 def test_a_queue_that_stays_full_holds_events_back_no_longer_than_the_gate_allows(
@@ -167,18 +173,8 @@ def test_a_queue_that_stays_full_holds_events_back_no_longer_than_the_gate_allow
 ) -> None:
     """With every worker away the queue never empties: events still reach the broker, held
     back at most ``longest`` each round, as they reached it before the relay had a gate."""
-    for _ in range(2):
-        celery.send_task("avrr.noop")
     gate = relay.QueueGate(celery, hold_at=2, longest=0.5)
-    halt = threading.Event()
-    loop = threading.Thread(
-        target=relay.run,
-        args=(pg_app.db, celery, halt, 0.2),
-        kwargs={"heartbeat": None, "gate": gate},
-        daemon=True,
-    )
-    loop.start()
-    try:
+    with _relay_behind_a_full_queue(pg_app, celery, gate):
         advance_to(pg_app, "return_approved")
         events = _events(pg_app)
         wait_for(lambda: _unsent(pg_app) == 0, 10, "the events sent despite the full queue")
@@ -186,12 +182,9 @@ def test_a_queue_that_stays_full_holds_events_back_no_longer_than_the_gate_allow
         assert sorted(queued) == sorted(e.event_id for e in events)
         mine = relay.QueueGate(celery, hold_at=2, longest=0.5)  # the loop's own is its thread's
         started = time.monotonic()
-        assert mine.wait(halt) == pytest.approx(0.5, abs=0.3)
+        assert mine.wait(threading.Event()) == pytest.approx(0.5, abs=0.3)
         assert time.monotonic() - started < 1.0
         mine.close()
-    finally:
-        halt.set()
-        loop.join(10)
 
 
 def test_a_broker_that_is_away_holds_nothing_back_and_costs_the_relay_no_wait() -> None:
