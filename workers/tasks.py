@@ -149,7 +149,8 @@ def run_event(event: Event, retries: int, max_retries: int) -> Verdict:
     delay = max(backoff(retries, wait) for wait in waits) if waits else backoff(0)
     for job, failure in retry:
         log.warning("job.retrying", effect=job.effect, error=type(failure).__name__, retry_in=round(delay, 2))
-    return Verdict(dead=tuple(dead), retry_in=delay, out_of_time=out_of_time)
+    # Jobs filed in this run are reported by the retry that finishes the event (dead_before).
+    return Verdict(retry_in=delay, out_of_time=out_of_time)
 
 
 @app.task(name="avrr.events.handle", base=EventTask, bind=True, max_retries=MAX_ATTEMPTS - 1)
@@ -220,10 +221,9 @@ def handle_events(self: Task, *events: list[str | None]) -> str:
             retrying.append((event, backoff(retries), None))
             rest = todo[index + 1 :]
             break
+        dead += verdict.dead
         if verdict.retry_in is not None:
             retrying.append((event, verdict.retry_in, verdict.max_retries))
-        else:  # a retry reports its dead jobs when it ends (dead_before), not now as well
-            dead += verdict.dead
         if verdict.out_of_time:
             rest = todo[index + 1 :]
             break

@@ -270,19 +270,19 @@ class SqlJobStore:
     def dead_letter(self, job: Job, error: str, now: datetime, attempts: int | None = None) -> None:
         made = {} if attempts is None else {"attempts": attempts}
         with writing(self._db) as conn:
-            attempts = conn.execute(
+            recorded = conn.execute(
                 update(tb.jobs)
                 # Only an unfinished job: a concurrent delivery that finished it stays done.
                 .where(_key(job), j.status.in_(("running", "pending")))
                 .values(status="dead", last_error=error, finished_at=now, **made)
                 .returning(j.attempts)
             ).scalar()
-            if attempts is None:
+            if recorded is None:
                 if conn.scalar(select(j.status).where(_key(job))) is not None:
                     return  # already dead-lettered (file it once) or done by another delivery
                 # Refused before it ever started (an effect this version does not know):
                 # still filed, so the job is never lost without a trace.
-                attempts = 0
+                recorded = 0
                 conn.execute(
                     insert(tb.jobs),
                     {
@@ -291,7 +291,7 @@ class SqlJobStore:
                         "case_id": job.case_id,
                         "event_type": job.event_type,
                         "status": "dead",
-                        "attempts": attempts,
+                        "attempts": recorded,
                         "last_error": error,
                         "started_at": now,
                         "finished_at": now,
@@ -305,7 +305,7 @@ class SqlJobStore:
                     "case_id": job.case_id,
                     "event_type": job.event_type,
                     "error": error,
-                    "attempts": attempts,
+                    "attempts": recorded,
                     "dead_at": now,
                 },
             )

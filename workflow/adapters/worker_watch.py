@@ -64,9 +64,7 @@ def _active_jobs(request: Mapping[str, Any]) -> list[ActiveJob]:
     if request.get("name") != EVENTS_TASK:
         return [_active_job(request)]
     events = [e for e in request.get("args") or () if isinstance(e, list | tuple) and len(e) >= 3]
-    return [_active_job({**request, "name": EVENTS_TASK, "args": list(e[:3])}) for e in events] or [
-        _active_job(request)
-    ]
+    return [_active_job({**request, "args": list(e[:3])}) for e in events] or [_active_job(request)]
 
 
 def _worker(name: str, stats: Mapping[str, Any], active: Sequence[Any], queues: Sequence[Any]) -> WorkerInfo:
