@@ -246,10 +246,6 @@ def job_args(message: Mapping[str, object]) -> list[tuple[str, ...]]:
     return [tuple(body[0])]
 
 
-def queued_messages(client: redis.Redis, queue: str = QUEUE) -> int:
-    return int(client.llen(queue))
-
-
 def queued_jobs(client: redis.Redis, queue: str = QUEUE) -> list[tuple[str, ...]]:
     """What the queue's messages carry, one tuple per event (or job), in queue order."""
     return [args for raw in client.lrange(queue, 0, -1) for args in job_args(json.loads(raw))]
