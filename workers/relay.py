@@ -99,29 +99,22 @@ PROBE_TIMEOUT = 0.5  # seconds a look at the queue may take
 BLIND_SECONDS = 5.0  # after a failed look, the relay goes on without looking for this long
 
 
-class QueueGate:
-    """Holds the relay back while the workers are behind: at least ``hold_at`` messages wait in
-    their queue (none of the workers' processes has taken them). The events wait in the outbox
-    meanwhile, where they are safe and counted (`avrr ops status`), and go out together when the
-    queue has room, packed several to a message: the workers then pay Celery's cost per message
-    once for several events (bench/pipeline.py). Never longer than ``longest`` at a time, so
-    events still reach a broker whose workers are all away (as they did before this gate).
-    A broker that cannot say how long the queue is does not hold anything back."""
+class QueueProbe:
+    """How many messages wait in the workers' queue, over one connection kept open: the relay's
+    gate asks before every round, its search for lost messages once a minute."""
 
-    def __init__(
-        self, app: Celery, hold_at: int = HOLD_AT, pause: float = HOLD_PAUSE, longest: float = 1.0
-    ) -> None:
-        self._app, self.hold_at, self._pause, self._longest = app, hold_at, pause, longest
+    def __init__(self, app: Celery) -> None:
+        self._app = app
         self._queue = app.conf.task_default_queue
         self._conn: Any = None
         self._blind_until = 0.0
 
-    def waiting(self) -> int:
-        """Messages waiting in the workers' queue (0 when the broker cannot say). After a failed
-        look it does not look again for BLIND_SECONDS: a broker that is away must not slow each
-        round of the relay (whose publish finds that out and backs off) by a connect timeout."""
+    def waiting(self) -> int | None:
+        """Messages waiting, or None when the broker cannot say. After a failed look it does
+        not look again for BLIND_SECONDS: a broker that is away must not slow each round of the
+        relay (whose publish finds that out and backs off) by a connect timeout."""
         if time.monotonic() < self._blind_until:
-            return 0
+            return None
         try:
             if self._conn is None:
                 # One try, half a second at most: kombu would otherwise retry the connection
@@ -140,12 +133,41 @@ class QueueGate:
                 # carry no priority: kombu keeps them in the list named after the queue.
                 with channel.conn_or_acquire() as client:
                     return int(client.llen(self._queue))
-            return int(channel.queue_declare(queue=self._queue, passive=True).message_count)
-        except Exception as exc:  # the broker is away or the queue was never declared
+            try:
+                return int(channel.queue_declare(queue=self._queue, passive=True).message_count)
+            except ChannelError:  # never declared: no worker has ever listened, nothing waits
+                return 0
+        except Exception as exc:  # the broker is away
             self.close()
             self._blind_until = time.monotonic() + BLIND_SECONDS
-            log.debug("relay.queue_unknown", error=type(exc).__name__)
-            return 0
+            log.warning("relay.queue_unknown", error=type(exc).__name__)
+            return None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.release()
+
+
+class QueueGate:
+    """Holds the relay back while the workers are behind: at least ``hold_at`` messages wait in
+    their queue (none of the workers' processes has taken them). The events wait in the outbox
+    meanwhile, where they are safe and counted (`avrr ops status`), and go out together when the
+    queue has room, packed several to a message: the workers then pay Celery's cost per message
+    once for several events (bench/pipeline.py). Never longer than ``longest`` at a time, so
+    events still reach a broker whose workers are all away (as they did before this gate).
+    A broker that cannot say how long the queue is does not hold anything back."""
+
+    def __init__(
+        self, app: Celery, hold_at: int = HOLD_AT, pause: float = HOLD_PAUSE, longest: float = 1.0
+    ) -> None:
+        self.probe = QueueProbe(app)
+        self.hold_at, self._pause, self._longest = hold_at, pause, longest
+
+    def waiting(self) -> int:
+        """Messages waiting in the workers' queue (0 when the broker cannot say)."""
+        return self.probe.waiting() or 0
 
     def wait(self, stop: threading.Event) -> float:
         """Returns once the queue has room (or ``longest`` passed, or ``stop`` is set); how long
@@ -157,10 +179,7 @@ class QueueGate:
         return time.monotonic() - started
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.release()
+        self.probe.close()
 
 
 class Waker:
@@ -198,17 +217,11 @@ def jobs_per_type() -> dict[str, int]:
 
 def queue_is_empty(app: Celery) -> bool:
     """Nothing waits in the workers' queue (a broker that cannot say counts as not empty)."""
-    with app.connection_for_read() as conn:
-        try:
-            _, waiting, _ = conn.default_channel.queue_declare(
-                queue=app.conf.task_default_queue, passive=True
-            )
-        except ChannelError:  # never declared: no worker has ever listened, nothing waits
-            return True
-        except (*conn.connection_errors, *conn.channel_errors) as exc:
-            log.warning("relay.queue_unknown", error=type(exc).__name__)
-            return False
-        return int(waiting) == 0
+    probe = QueueProbe(app)
+    try:
+        return probe.waiting() == 0
+    finally:
+        probe.close()
 
 
 def file_lost(db: Engine) -> Callable[[OutboxMessage], None]:
@@ -238,13 +251,19 @@ class Sweeper:
     again while the workers are down or behind (no copies pile up)."""
 
     def __init__(
-        self, relay: OutboxRelay, app: Celery, after: timedelta, give_up: Callable[[OutboxMessage], None]
+        self,
+        relay: OutboxRelay,
+        app: Celery,
+        after: timedelta,
+        give_up: Callable[[OutboxMessage], None],
+        probe: QueueProbe | None = None,
     ) -> None:
-        self._relay, self._app, self._after, self._give_up = relay, app, after, give_up
+        self._relay, self._after, self._give_up = relay, after, give_up
+        self._probe = probe or QueueProbe(app)  # the relay's gate's, in the relay's loop
         self._was_empty = False
 
     def __call__(self) -> None:
-        empty = queue_is_empty(self._app)
+        empty = self._probe.waiting() == 0  # a broker that cannot say counts as not empty
         resend, self._was_empty = empty and self._was_empty, empty
         for _ in range(SWEEP_ROUNDS):  # rounds while rows keep coming of age (a busy minute)
             found = self._relay.redeliver_stalled(self._after, resend_lost=resend)
@@ -271,7 +290,7 @@ def run(
     broker (pass one to tune it)."""
     relay = OutboxRelay(db, celery_publisher(app), jobs_per_type=jobs_per_type())
     gate = gate or QueueGate(app)
-    sweep = Sweeper(relay, app, redeliver_after, file_lost(db))
+    sweep = Sweeper(relay, app, redeliver_after, file_lost(db), gate.probe)
     waker, backoff = Waker(db, interval), interval
     next_sweep = time.monotonic() + sweep_every
     if heartbeat is not None:
