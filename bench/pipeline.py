@@ -555,6 +555,7 @@ class RateResult:
     backlog_end: int = 0
     mails: int = 0
     sms: int = 0
+    messages: int = 0  # messages published while this rate ran (Redis LPUSH calls)
     cpu_firing: dict[str, float] = field(default_factory=dict)  # CPU deltas while firing
     cpu_all: dict[str, float] = field(default_factory=dict)  # from the start until drained
     verdict: list[str] = field(default_factory=list)
@@ -578,6 +579,7 @@ def run_rate(
     sampler = Sampler(probe)
     t0 = time.time() + 0.5
     sampler.start()
+    pushes0 = _lpush_calls(probe.broker)
     cpu0 = meter.snapshot()
     try:
         outputs = firers.run(rate, seconds, t0)
@@ -613,6 +615,7 @@ def run_rate(
         sampler.stop.set()
         sampler.join(5)
     result.cpu_all = cpu_delta(cpu0, meter.snapshot())
+    result.messages = _lpush_calls(probe.broker) - pushes0
     if not drained:
         result.verdict.append("jobs left unfinished")
     time.sleep(0.3)  # the SMTP sink and SMS file settle
@@ -743,7 +746,8 @@ def report_rate(r: RateResult) -> None:
     print(
         f"          backlog max {r.backlog_max}, when firing stopped {r.backlog_end}, drained "
         f"{r.drain:.2f} s after the last fire; p50 first third {ms(r.early_p50)} ms, last third "
-        f"{ms(r.late_p50)} ms; retried {r.retried}, dead {r.dead};  "
+        f"{ms(r.late_p50)} ms; retried {r.retried}, dead {r.dead}; {r.messages:,} messages "
+        f"({r.events / max(r.messages, 1):.1f} events each);  "
         + ("SUSTAINED" if r.sustained else "NOT sustained: " + "; ".join(r.verdict)),
         flush=True,
     )

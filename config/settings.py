@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # not know the task). Above the longest quiet spell of a live event: a retry's backoff
     # (120 s) plus the hard time limit (90 s) plus the queue's wait.
     redeliver_after_seconds: float = Field(default=900.0, gt=0)
+    # The least time between the relay's rounds (workers/relay.py LINGER): under load a round
+    # gathers the commits of this long, in fuller messages; 0 sends each commit at once.
+    relay_linger_ms: float = Field(default=10.0, ge=0, le=1000)
 
     # Readiness (GET /health/ready): unready when the oldest committed event still waiting for
     # the relay is older than this; the relay hands events over within a second when it runs.

@@ -34,24 +34,34 @@ DEFAULT_HEARTBEAT = Path("var/relay.heartbeat")
 
 # Messages buffered before kombu sends them (one Redis pipeline: one round trip per flush).
 PUBLISH_BATCH = 500
-# A batch of events goes out in about this many messages, so that every process of a worker
-# (two per CPU) gets one; an event per message while the batch is small (the relay keeps up and
-# latency is what counts), up to EVENTS_PER_MESSAGE in one when a backlog built up.
-SPREAD = 8
+# A round's events go in as few messages as hold them, EVENTS_PER_MESSAGE at most in each: a
+# message costs the workers about what a bare Celery task costs (1 ms of CPU here), and the
+# relay's linger (LINGER) gives a busy round several events. SPREAD: the fewest messages a
+# round of at least that many events goes in (more spreads a small round over more processes).
+SPREAD = 1
 EVENTS_PER_MESSAGE = 16
+# The relay starts a round no sooner than this after the last one started: a commit that closely
+# follows a round waits for the next, with the commits that came meanwhile. Each round costs the
+# relay, PostgreSQL and Redis the same few round trips however many events it carries (about
+# 1 ms of the relay's CPU here), so under load it moves several events for that, in fuller
+# messages; while commits come further apart than this, each goes at once.
+# bench/pipeline.py, tasks workload (see README.md): 0 ms sustained 300/s, 10 ms 350-400/s,
+# at 200/s p50 9 -> 16 ms. AVRR_RELAY_LINGER_MS sets it; 0 turns it off.
+LINGER = 0.010
 
 
 def pack(events: Sequence[Event], spread: int = SPREAD, most: int = EVENTS_PER_MESSAGE) -> list[list[Event]]:
     """The events in messages, cases in the order of their first event. A case's events go in
     one message, in their order, when there are no more than ``most`` of them: one task runs
     them in turn, so the later never overtakes the earlier (a case with more fills messages of
-    ``most`` in turn). Cases with fewer events than ``base`` share messages of up to ``base``
-    events: an event each while the batch has no more than ``spread`` events (latency is what
-    counts while the relay keeps up), about ``spread`` messages for a backlog."""
+    ``most`` in turn). The others share messages of up to ``base`` events, ``base`` filling
+    the fewest messages that hold the batch (and at least ``spread`` of them, one event each
+    for a batch of no more than ``spread``)."""
     by_case: dict[str, list[Event]] = {}
     for event in events:
         by_case.setdefault(event.case_id, []).append(event)
-    base = max(1, min(most, math.ceil(len(events) / spread)))
+    count = min(len(events), max(spread, math.ceil(len(events) / most)))
+    base = max(1, math.ceil(len(events) / max(count, 1)))
     messages: list[list[Event]] = []
     current: list[Event] = []
     for case_events in by_case.values():
@@ -285,14 +295,17 @@ def run(
     redeliver_after: timedelta = timedelta(minutes=15),
     sweep_every: float = SWEEP_SECONDS,
     gate: QueueGate | None = None,
+    linger: float = LINGER,
 ) -> None:
     """The relay's loop until ``stop`` is set. ``gate``: by default a QueueGate on the app's
-    broker (pass one to tune it)."""
+    broker (pass one to tune it). ``linger``: the least time from one round's start to the
+    next's (LINGER)."""
     relay = OutboxRelay(db, celery_publisher(app), jobs_per_type=jobs_per_type())
     gate = gate or QueueGate(app)
     sweep = Sweeper(relay, app, redeliver_after, file_lost(db), gate.probe)
     waker, backoff = Waker(db, interval), interval
     next_sweep = time.monotonic() + sweep_every
+    last_round = -math.inf
     if heartbeat is not None:
         heartbeat.parent.mkdir(parents=True, exist_ok=True)
     log.info("relay.started", database=db.dialect.name)
@@ -300,6 +313,9 @@ def run(
         if heartbeat is not None:
             heartbeat.touch()
         gate.wait(stop)
+        if (gap := last_round + linger - time.monotonic()) > 0 and stop.wait(gap):
+            break
+        last_round = time.monotonic()
         try:
             moved = relay.relay_once()
             if time.monotonic() >= next_sweep:
@@ -331,7 +347,7 @@ def main() -> None:
     stop = threading.Event()
     after = timedelta(seconds=settings.redeliver_after_seconds)
     try:
-        run(bootstrap().db, app, stop, redeliver_after=after)
+        run(bootstrap().db, app, stop, redeliver_after=after, linger=settings.relay_linger_ms / 1000)
     except KeyboardInterrupt:
         stop.set()
 

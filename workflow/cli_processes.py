@@ -173,9 +173,13 @@ def relay(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     db = bootstrap().db
-    after = timedelta(seconds=get_settings().redeliver_after_seconds)
+    settings = get_settings()
+    after = timedelta(seconds=settings.redeliver_after_seconds)
+    linger = settings.relay_linger_ms / 1000
     try:
-        outbox_relay.run(db, _celery(), stop, interval, heartbeat=heartbeat, redeliver_after=after)
+        outbox_relay.run(
+            db, _celery(), stop, interval, heartbeat=heartbeat, redeliver_after=after, linger=linger
+        )
     finally:
         db.dispose()
 
