@@ -19,6 +19,7 @@ from config.celery import MAX_ATTEMPTS, RETRY_BACKOFF_MAX
 from workers.app import app
 from workers.jobs import send_event, send_events
 from workflow.adapters import metrics
+from workflow.adapters.jobs import running_alone
 from workflow.bootstrap import bootstrap, effect_runner
 from workflow.service_layer.effects import EffectRunner, Event, Job
 from workflow.service_layer.notifications import TransientDeliveryError
@@ -65,6 +66,7 @@ class EventTask(Task):  # type: ignore[misc]
         unfinished jobs goes to the dead letters. Jobs already filed are not filed again."""
         if isinstance(exc, JobsDeadLettered):
             return
+        _count(retry=False, dead=True)
         for job in Event(*args).jobs():
             _give_up(job, _error(exc), type(exc).__name__)
 
@@ -109,6 +111,17 @@ class Verdict:
 
 
 def run_event(event: Event, retries: int, max_retries: int) -> Verdict:
+    """``_run_event``, counted in avrr_events_run_total."""
+    verdict = _run_event(event, retries, max_retries)
+    _count(verdict.retry_in is not None, bool(verdict.dead))
+    return verdict
+
+
+def _count(retry: bool, dead: bool) -> None:
+    metrics.EVENTS_RUN.labels("retry" if retry else "dead" if dead else "done").inc()
+
+
+def _run_event(event: Event, retries: int, max_retries: int) -> Verdict:
     """Every effect of one event, each its own job. A job with a permanent error is dead-lettered
     at once; transient errors retry the event (its done jobs are skipped), and the jobs still
     failing when the retries are spent are dead-lettered. A time limit ends the run: the job it
@@ -163,7 +176,11 @@ def handle_event(
     structlog.contextvars.bind_contextvars(event_id=event_id, case_id=case_id)
     committed = datetime.fromisoformat(occurred_at) if occurred_at else None
     event = Event(event_id, event_type, case_id, committed)
-    verdict = run_event(event, self.request.retries, self.max_retries)
+    with running_alone(_db(), [event_id]) as mine:
+        if not mine:  # a copy of this message runs it now (running_alone)
+            log.info("event.running_elsewhere")
+            return "running elsewhere"
+        verdict = run_event(event, self.request.retries, self.max_retries)
     if verdict.retry_in is not None:
         raise self.retry(exc=verdict.exc, countdown=verdict.retry_in, max_retries=verdict.max_retries)
     if verdict.dead:
@@ -198,14 +215,31 @@ def handle_events(self: Task, *events: list[str | None]) -> str:
     todo = [
         Event(str(i), str(t), str(c), datetime.fromisoformat(at) if at else None) for i, t, c, at in events
     ]
-    retrying: list[tuple[Event, float, int | None]] = []  # (event, countdown, max_retries)
+    with running_alone(_db(), [event.event_id for event in todo]) as mine:
+        if len(mine) < len(todo):  # a copy of this message runs them now (running_alone)
+            log.info("events.running_elsewhere", events=len(todo) - len(mine))
+        retrying, rest, dead = _run_events([e for e in todo if e.event_id in mine], retries, self.max_retries)
+    structlog.contextvars.unbind_contextvars("event_id", "case_id")
+    dead += _send_on(self, retrying, rest)
+    if dead:
+        raise JobsDeadLettered(", ".join(dead))
+    return "done"
+
+
+Retrying = list[tuple[Event, float, int | None]]  # (event, countdown, max_retries)
+
+
+def _run_events(todo: list[Event], retries: int, max_retries: int) -> tuple[Retrying, list[Event], list[str]]:
+    """``handle_events``' turn through its events: those to retry, those not reached (the soft
+    time limit ended the message first), and the dead jobs' descriptions."""
+    retrying: Retrying = []
     rest: list[Event] = []  # not run: the soft time limit ended the message first
     dead: list[str] = []
     for index, event in enumerate(todo):
         try:
             structlog.contextvars.bind_contextvars(event_id=event.event_id, case_id=event.case_id)
             try:
-                verdict = run_event(event, retries, self.max_retries)
+                verdict = run_event(event, retries, max_retries)
             except SoftTimeLimitExceeded:
                 raise
             except Exception as exc:  # outside the event's jobs: as handle_event's on_failure
@@ -214,11 +248,14 @@ def handle_events(self: Task, *events: list[str | None]) -> str:
                         _give_up(job, _error(exc), type(exc).__name__)
                 except TRANSIENT:  # the filing failed too: the retry runs it again
                     retrying.append((event, backoff(min(retries, 6)), retries + 1))
+                    _count(retry=True, dead=False)
                 else:
                     dead.append(f"{event.event_id}: {type(exc).__name__}")
+                    _count(retry=False, dead=True)
                 continue
         except SoftTimeLimitExceeded:  # anywhere in this event's turn: it retries, the rest go on
             retrying.append((event, backoff(retries), None))
+            _count(retry=True, dead=False)
             rest = todo[index + 1 :]
             break
         dead += verdict.dead
@@ -227,14 +264,10 @@ def handle_events(self: Task, *events: list[str | None]) -> str:
         if verdict.out_of_time:
             rest = todo[index + 1 :]
             break
-    structlog.contextvars.unbind_contextvars("event_id", "case_id")
-    dead += _send_on(self, retrying, rest)
-    if dead:
-        raise JobsDeadLettered(", ".join(dead))
-    return "done"
+    return retrying, rest, dead
 
 
-def _send_on(task: Task, retrying: list[tuple[Event, float, int | None]], rest: list[Event]) -> list[str]:
+def _send_on(task: Task, retrying: Retrying, rest: list[Event]) -> list[str]:
     """Sends the retries of a several-events message, each on its own, and the events it did not
     reach, together. A retry whose event has used every retry is not sent: its jobs are filed,
     and the events so filed are returned."""

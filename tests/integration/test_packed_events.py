@@ -25,6 +25,7 @@ from tests.support import advance_to, jobs_of, register
 from workers import relay
 from workers.jobs import EVENTS_TASK, event_args, send_events
 from workflow.adapters import tables as tb
+from workflow.adapters.jobs import running_alone
 from workflow.adapters.relay import OutboxRelay
 from workflow.bootstrap import App
 from workflow.demo import HOUSEHOLD
@@ -262,3 +263,15 @@ def test_a_packed_message_cut_by_the_soft_time_limit_retries_that_event_and_send
     assert "Soft time limit (2s) exceeded for avrr.events.handle_many" in text
     assert "events.sent_on" in text and "not_reached=2" in text and "retried=1" in text
     assert len(re.findall(r"avrr\.events\.handle_many\[[0-9a-f-]+\] received", text)) == 2
+
+
+def test_an_event_a_copy_of_its_message_runs_now_is_skipped_and_free_again_after(pg_app: App) -> None:
+    """running_alone: what one run holds, a second (another copy of the message) passes over;
+    once the first ends, the events are free again."""
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    with running_alone(pg_app.db, ids[:2]) as first:
+        assert first == set(ids[:2])
+        with running_alone(pg_app.db, ids) as second:
+            assert second == {ids[2]}
+    with running_alone(pg_app.db, ids) as third:
+        assert third == set(ids)

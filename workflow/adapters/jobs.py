@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,10 +20,12 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
@@ -38,6 +41,50 @@ FINISHED = ("done", "dead")
 
 def _key(job: Job) -> ColumnElement[bool]:
     return and_(j.event_id == job.event_id, j.effect == job.effect)
+
+
+def _lock_key(event_id: str) -> int:
+    """The event's advisory lock: 64 bits of a hash of its id (a collision would only make one
+    event wait for another's run)."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+_TRY_LOCKS = text("SELECT k, pg_try_advisory_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
+_UNLOCKS = text("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
+
+
+@contextmanager
+def running_alone(db: Engine, event_ids: Sequence[str]) -> Iterator[set[str]]:
+    """The events among ``event_ids`` that no other process is running, held for the block.
+
+    Two copies of a message may run at once: a relay that died between publishing a batch and
+    marking it sent publishes the batch again, and the workers take both copies together (a
+    packed copy holds the same events). A copy skips the events the other runs; that run
+    finishes them, or its process dies and its message goes back to the queue (reject on worker
+    lost), so nothing waits on the skip. PostgreSQL: session advisory locks on a connection kept
+    for the block (two round trips a message), released at its end or with the process.
+    SQLite: every event (one worker process writes at a time; the jobs inbox still applies)."""
+    if db.dialect.name != "postgresql" or not event_ids:
+        yield set(event_ids)
+        return
+    keys = {_lock_key(event_id): event_id for event_id in event_ids}
+    stack = ExitStack()
+    try:
+        conn = stack.enter_context(autocommit(db))
+        held = [key for key, locked in conn.execute(_TRY_LOCKS, {"keys": list(keys)}) if locked]
+    except DBAPIError:  # the database is away: the run finds that out too, and retries
+        stack.close()
+        yield set(event_ids)
+        return
+    with stack:
+        try:
+            yield {keys[key] for key in held}
+        finally:
+            try:
+                if held:
+                    conn.execute(_UNLOCKS, {"keys": held})
+            except DBAPIError:  # never back to the pool with the locks: closing ends them
+                conn.invalidate()
 
 
 @contextmanager

@@ -42,6 +42,14 @@ EFFECT_LATENCY = Histogram(
 TASK_RUNS = Counter(
     "avrr_task_runs", "Celery task runs by task and outcome: success, retry or failure", ["task", "outcome"]
 )
+# Per event, whatever message carried it (the relay packs several events in one message under
+# load, and the task metrics above count messages).
+EVENTS_RUN = Counter(
+    "avrr_events_run",
+    "Events run by the workers, by outcome: done, retry (it goes on as a retry) or dead (it filed "
+    "jobs in the dead letters and is not retried)",
+    ["outcome"],
+)
 TASK_RETRIES = Counter("avrr_task_retries", "Celery task runs that asked to be retried", ["task"])
 TASK_FAILURES = Counter("avrr_task_failures", "Celery task runs that failed for good", ["task"])
 TASK_DURATION = Histogram(
