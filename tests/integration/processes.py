@@ -150,6 +150,7 @@ def start_api(env: dict[str, str], port: int, log: Path) -> Popen:
 # ``patch`` is code run just before, to swap a part (say, the publisher) for a crashing one.
 RELAY_SCRIPT = """
 import os, sys, threading
+from datetime import timedelta
 from celery import Celery
 from config.celery import celery_config
 from config.logging import configure_logging
@@ -162,14 +163,24 @@ engine = make_engine(database_url, pool_size=2)
 app = Celery("avrr-test-relay")
 app.conf.update(celery_config(broker_url))
 {patch}
-relay.run(engine, app, threading.Event(), interval)
+relay.run(engine, app, threading.Event(), interval{run_kwargs})
 """
 
 
 def start_relay(
-    database_url: str, broker_url: str, log_path: Path, interval: float = 0.2, patch: str = ""
+    database_url: str,
+    broker_url: str,
+    log_path: Path,
+    interval: float = 0.2,
+    patch: str = "",
+    redeliver_after: float | None = None,
 ) -> Popen:
-    code = RELAY_SCRIPT.format(patch=patch)
+    """The relay's loop in a process of its own. ``redeliver_after``: its search for lost
+    messages looks every second and sends again what is that many seconds old (see Sweeper)."""
+    extra = (
+        f", redeliver_after=timedelta(seconds={redeliver_after}), sweep_every=1.0" if redeliver_after else ""
+    )
+    code = RELAY_SCRIPT.format(patch=patch, run_kwargs=extra)
     env = {"AVRR_LOG_LEVEL": "INFO", "AVRR_LOG_JSON": "false"}
     return spawn([sys.executable, "-c", code, database_url, broker_url, str(interval)], log_path, env)
 
