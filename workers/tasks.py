@@ -19,7 +19,7 @@ from config.celery import MAX_ATTEMPTS, RETRY_BACKOFF_MAX
 from workers.app import app
 from workers.jobs import send_event, send_events
 from workflow.adapters import metrics
-from workflow.adapters.jobs import running_alone
+from workflow.adapters.jobs import EventLocks
 from workflow.bootstrap import bootstrap, effect_runner
 from workflow.service_layer.effects import EffectRunner, Event, Job
 from workflow.service_layer.notifications import TransientDeliveryError
@@ -32,6 +32,11 @@ TRANSIENT = (TransientDeliveryError, DatabaseError, BrokerError)
 def _db() -> Engine:
     """Built lazily, so each forked worker process opens its own database pool."""
     return bootstrap().db
+
+
+@cache
+def _locks() -> EventLocks:
+    return EventLocks(_db())
 
 
 @cache
@@ -176,8 +181,8 @@ def handle_event(
     structlog.contextvars.bind_contextvars(event_id=event_id, case_id=case_id)
     committed = datetime.fromisoformat(occurred_at) if occurred_at else None
     event = Event(event_id, event_type, case_id, committed)
-    with running_alone(_db(), [event_id]) as mine:
-        if not mine:  # a copy of this message runs it now (running_alone)
+    with _locks().running_alone([event_id]) as mine:
+        if not mine:  # a copy of this message runs it now (EventLocks)
             log.info("event.running_elsewhere")
             return "running elsewhere"
         verdict = run_event(event, self.request.retries, self.max_retries)
@@ -215,8 +220,8 @@ def handle_events(self: Task, *events: list[str | None]) -> str:
     todo = [
         Event(str(i), str(t), str(c), datetime.fromisoformat(at) if at else None) for i, t, c, at in events
     ]
-    with running_alone(_db(), [event.event_id for event in todo]) as mine:
-        if len(mine) < len(todo):  # a copy of this message runs them now (running_alone)
+    with _locks().running_alone([event.event_id for event in todo]) as mine:
+        if len(mine) < len(todo):  # a copy of this message runs them now (EventLocks)
             log.info("events.running_elsewhere", events=len(todo) - len(mine))
         retrying, rest, dead = _run_events([e for e in todo if e.event_id in mine], retries, self.max_retries)
     structlog.contextvars.unbind_contextvars("event_id", "case_id")

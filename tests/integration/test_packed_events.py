@@ -25,7 +25,7 @@ from tests.support import advance_to, jobs_of, register
 from workers import relay
 from workers.jobs import EVENTS_TASK, event_args, send_events
 from workflow.adapters import tables as tb
-from workflow.adapters.jobs import running_alone
+from workflow.adapters.jobs import EventLocks
 from workflow.adapters.relay import OutboxRelay
 from workflow.bootstrap import App
 from workflow.demo import HOUSEHOLD
@@ -266,12 +266,20 @@ def test_a_packed_message_cut_by_the_soft_time_limit_retries_that_event_and_send
 
 
 def test_an_event_a_copy_of_its_message_runs_now_is_skipped_and_free_again_after(pg_app: App) -> None:
-    """running_alone: what one run holds, a second (another copy of the message) passes over;
-    once the first ends, the events are free again."""
+    """EventLocks: what one process's run holds, another's (a copy of the message) passes over;
+    once the first ends, the events are free again; a broken connection holds nothing."""
     ids = [str(uuid.uuid4()) for _ in range(3)]
-    with running_alone(pg_app.db, ids[:2]) as first:
+    mine, other = EventLocks(pg_app.db), EventLocks(pg_app.db)  # two processes' connections
+    with mine.running_alone(ids[:2]) as first:
         assert first == set(ids[:2])
-        with running_alone(pg_app.db, ids) as second:
+        with other.running_alone(ids) as second:
             assert second == {ids[2]}
-    with running_alone(pg_app.db, ids) as third:
+    with other.running_alone(ids) as third:
         assert third == set(ids)
+    with mine.running_alone(ids) as again:  # the same connection, reused
+        assert again == set(ids)
+    mine._conn.driver_connection.close()  # the connection breaks: every event, then a new one
+    with mine.running_alone(ids) as broken:
+        assert broken == set(ids)
+    with mine.running_alone(ids) as renewed, other.running_alone(ids) as beside:
+        assert renewed == set(ids) and beside == set()

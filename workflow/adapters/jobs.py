@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,12 +20,10 @@ from sqlalchemy import (
     insert,
     literal,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
@@ -49,41 +47,60 @@ def _lock_key(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-_TRY_LOCKS = text("SELECT k, pg_try_advisory_lock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
-_UNLOCKS = text("SELECT pg_advisory_unlock(k) FROM unnest(CAST(:keys AS bigint[])) AS k")
+_TRY_LOCKS = "SELECT k, pg_try_advisory_lock(k) FROM unnest(%s::bigint[]) AS k"
+_UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
 
 
-@contextmanager
-def running_alone(db: Engine, event_ids: Sequence[str]) -> Iterator[set[str]]:
-    """The events among ``event_ids`` that no other process is running, held for the block.
+class EventLocks:
+    """Which events of a message no other process is running now (``running_alone``).
 
     Two copies of a message may run at once: a relay that died between publishing a batch and
     marking it sent publishes the batch again, and the workers take both copies together (a
     packed copy holds the same events). A copy skips the events the other runs; that run
     finishes them, or its process dies and its message goes back to the queue (reject on worker
-    lost), so nothing waits on the skip. PostgreSQL: session advisory locks on a connection kept
-    for the block (two round trips a message), released at its end or with the process.
-    SQLite: every event (one worker process writes at a time; the jobs inbox still applies)."""
-    if db.dialect.name != "postgresql" or not event_ids:
-        yield set(event_ids)
-        return
-    keys = {_lock_key(event_id): event_id for event_id in event_ids}
-    stack = ExitStack()
-    try:
-        conn = stack.enter_context(autocommit(db))
-        held = [key for key, locked in conn.execute(_TRY_LOCKS, {"keys": list(keys)}) if locked]
-    except DBAPIError:  # the database is away: the run finds that out too, and retries
-        stack.close()
-        yield set(event_ids)
-        return
-    with stack:
+    lost), so nothing waits on the skip. PostgreSQL: session advisory locks on one connection
+    the process keeps for them (two statements a message, outside SQLAlchemy: a pooled
+    checkout and its isolation switch cost as much as the statement), released at the
+    message's end or with the process. SQLite: every event (one process writes at a time; the
+    jobs inbox still applies). One instance per process (its connection is not shared across a
+    fork)."""
+
+    def __init__(self, db: Engine) -> None:
+        self._db = db
+        self._conn: Any = None  # the pool's connection, kept
+
+    @contextmanager
+    def running_alone(self, event_ids: Sequence[str]) -> Iterator[set[str]]:
+        if self._db.dialect.name != "postgresql" or not event_ids:
+            yield set(event_ids)
+            return
+        keys = {_lock_key(event_id): event_id for event_id in event_ids}
         try:
-            yield {keys[key] for key in held}
+            cursor = self._cursor()
+            cursor.execute(_TRY_LOCKS, (list(keys),))
+            held = {keys[key] for key, locked in cursor.fetchall() if locked}
+        except Exception:  # the database is away: the run finds that out too, and retries
+            self._drop()
+            yield set(event_ids)
+            return
+        try:
+            yield held
         finally:
             try:
-                if held:
-                    conn.execute(_UNLOCKS, {"keys": held})
-            except DBAPIError:  # never back to the pool with the locks: closing ends them
+                cursor.execute(_UNLOCK_ALL)
+            except Exception:  # closing the connection ends its locks
+                self._drop()
+
+    def _cursor(self) -> Any:
+        if self._conn is None:
+            self._conn = self._db.raw_connection()
+            self._conn.driver_connection.autocommit = True
+        return self._conn.driver_connection.cursor()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(Exception):
                 conn.invalidate()
 
 
