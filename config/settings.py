@@ -61,8 +61,9 @@ class Settings(BaseSettings):
     # (120 s) plus the hard time limit (90 s) plus the queue's wait.
     redeliver_after_seconds: float = Field(default=900.0, gt=0)
     # The least time between the relay's rounds (workers/relay.py LINGER): under load a round
-    # gathers the commits of this long, in fuller messages; 0 sends each commit at once.
-    relay_linger_ms: float = Field(default=10.0, ge=0, le=1000)
+    # gathers the commits of this long, in as few messages as hold them (throughput, at the cost
+    # of latency); 0, the default, sends each commit at once.
+    relay_linger_ms: float = Field(default=0.0, ge=0, le=1000)
 
     # Readiness (GET /health/ready): unready when the oldest committed event still waiting for
     # the relay is older than this; the relay hands events over within a second when it runs.

@@ -34,20 +34,20 @@ DEFAULT_HEARTBEAT = Path("var/relay.heartbeat")
 
 # Messages buffered before kombu sends them (one Redis pipeline: one round trip per flush).
 PUBLISH_BATCH = 500
-# A round's events go in as few messages as hold them, EVENTS_PER_MESSAGE at most in each: a
-# message costs the workers about what a bare Celery task costs (1 ms of CPU here), and the
-# relay's linger (LINGER) gives a busy round several events. SPREAD: the fewest messages a
-# round of at least that many events goes in (more spreads a small round over more processes).
-SPREAD = 1
+# A round of the relay goes out in about SPREAD messages, so that every process of a worker
+# (two per CPU) gets one: an event per message while the round is small (the relay keeps up and
+# latency is what counts), several to a message, EVENTS_PER_MESSAGE at most, for a backlog.
+SPREAD = 8
 EVENTS_PER_MESSAGE = 16
-# The relay starts a round no sooner than this after the last one started: a commit that closely
-# follows a round waits for the next, with the commits that came meanwhile. Each round costs the
-# relay, PostgreSQL and Redis the same few round trips however many events it carries (about
-# 1 ms of the relay's CPU here), so under load it moves several events for that, in fuller
-# messages; while commits come further apart than this, each goes at once.
-# bench/pipeline.py, tasks workload (see README.md): 0 ms sustained 300/s, 10 ms 350-400/s,
-# at 200/s p50 9 -> 16 ms. AVRR_RELAY_LINGER_MS sets it; 0 turns it off.
-LINGER = 0.010
+# The relay's linger (AVRR_RELAY_LINGER_MS), off by default: a round starts no sooner than this
+# after the last one started, so a commit that closely follows a round waits for the next with
+# the commits that came meanwhile, and a round goes in as few messages as hold it (spread 1).
+# Each round costs the relay, PostgreSQL and Redis the same few round trips, and each message
+# costs the workers about a bare Celery task, however many events it carries: a throughput
+# setting. bench/pipeline.py, tasks workload, 10 ms: 4.0-4.3 events a message at 300-400/s
+# (1.3-2.2 without) and the pipeline kept up with all the clients could fire (313-317/s), but
+# the p50 at 200/s rose from 9-16 ms to 24-34 ms, past the 25 ms target. README.md: the figures.
+LINGER = 0.0
 
 
 def pack(events: Sequence[Event], spread: int = SPREAD, most: int = EVENTS_PER_MESSAGE) -> list[list[Event]]:
@@ -77,7 +77,7 @@ def pack(events: Sequence[Event], spread: int = SPREAD, most: int = EVENTS_PER_M
     return messages
 
 
-def celery_publisher(app: Celery) -> Callable[[Sequence[OutboxMessage]], None]:
+def celery_publisher(app: Celery, spread: int = SPREAD) -> Callable[[Sequence[OutboxMessage]], None]:
     """The events that have runnable effects, packed into messages (``pack``), on one producer
     connection per batch, sent together in a Redis pipeline when the batch is complete (kombu's
     Producer.batch).
@@ -93,7 +93,7 @@ def celery_publisher(app: Celery) -> Callable[[Sequence[OutboxMessage]], None]:
             if runnable_effects(m.event_type)
         ]
         with app.producer_or_acquire() as producer, producer.batch(max_size=PUBLISH_BATCH):
-            for message in pack(events):
+            for message in pack(events, spread):
                 send_events(app, message, producer)
 
     return publish
@@ -299,8 +299,9 @@ def run(
 ) -> None:
     """The relay's loop until ``stop`` is set. ``gate``: by default a QueueGate on the app's
     broker (pass one to tune it). ``linger``: the least time from one round's start to the
-    next's (LINGER)."""
-    relay = OutboxRelay(db, celery_publisher(app), jobs_per_type=jobs_per_type())
+    next's (LINGER); with one, a round goes in as few messages as hold it."""
+    publish = celery_publisher(app, spread=1 if linger > 0 else SPREAD)
+    relay = OutboxRelay(db, publish, jobs_per_type=jobs_per_type())
     gate = gate or QueueGate(app)
     sweep = Sweeper(relay, app, redeliver_after, file_lost(db), gate.probe)
     waker, backoff = Waker(db, interval), interval

@@ -42,23 +42,24 @@ def test_a_case_that_fits_is_in_one_message_and_shared_messages_stay_small(
     assert len(messages) <= 2 * max(fewest, min(len(events), spread))
 
 
-def test_a_round_goes_in_as_few_messages_as_hold_it_evenly_filled() -> None:
-    assert SPREAD == 1
+def test_with_spread_1_a_round_goes_in_as_few_messages_as_hold_it_evenly_filled() -> None:
     events = [Event(f"e{i}", "InquiryRegistered", f"case-{i}") for i in range(40)]
-    assert [len(m) for m in pack(events)] == [14, 14, 12]  # 40 events: 3 messages
-    assert [len(m) for m in pack(events[:5])] == [5]
+    assert [len(m) for m in pack(events, spread=1)] == [14, 14, 12]  # 40 events: 3 messages
+    assert [len(m) for m in pack(events[:5], spread=1)] == [5]
+    assert len(pack([Event(f"e{i}", "T", f"c{i}") for i in range(1000)], 1)) == math.ceil(1000 / 16)
+
+
+def test_by_default_a_small_round_goes_one_event_per_message_and_a_larger_over_spread() -> None:
+    assert SPREAD == 8
+    events = [Event(f"e{i}", "InquiryRegistered", f"case-{i}") for i in range(40)]
+    assert pack(events[:8]) == [[e] for e in events[:8]]
+    assert [len(m) for m in pack(events)] == [5] * 8  # 40 events over 8 messages
     assert len(pack([Event(f"e{i}", "T", f"c{i}") for i in range(1000)])) == math.ceil(1000 / 16)
-
-
-def test_a_spread_puts_a_small_batch_one_event_per_message_and_a_larger_over_that_many() -> None:
-    events = [Event(f"e{i}", "InquiryRegistered", f"case-{i}") for i in range(40)]
-    assert pack(events[:8], spread=8) == [[e] for e in events[:8]]
-    assert [len(m) for m in pack(events, spread=8)] == [5] * 8  # 40 events over 8 messages
 
 
 def test_a_case_with_several_events_keeps_them_in_one_message() -> None:
     events = [Event("e1", "T", "a"), Event("e2", "T", "b"), Event("e3", "T", "a")]
-    assert pack(events, spread=3) == [[events[0], events[2]], [events[1]]]
-    assert pack(events) == [[events[0], events[2], events[1]]]
+    assert pack(events) == [[events[0], events[2]], [events[1]]]
+    assert pack(events, spread=1) == [[events[0], events[2], events[1]]]
     many = [Event(f"e{i}", "T", "a") for i in range(40)]
     assert pack(many) == [many[:16], many[16:32], many[32:]]
