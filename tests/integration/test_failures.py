@@ -304,8 +304,8 @@ def test_a_pool_process_killed_mid_handler_runs_the_job_again_and_its_effect_hap
 CRASH_AFTER_PUBLISH = """
 celery_publisher = relay.celery_publisher
 
-def publish_then_die(app):
-    publish = celery_publisher(app)
+def publish_then_die(app, *args, **kwargs):
+    publish = celery_publisher(app, *args, **kwargs)
 
     def publish_batch(batch):
         publish(batch)
