@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
+import structlog
 from sqlalchemy import (
     ColumnElement,
     Connection,
@@ -24,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
@@ -31,6 +34,7 @@ from workflow.domain.effects import Effect
 from workflow.domain.lifecycle import DESTINATION
 from workflow.service_layer.effects import Job
 
+log = structlog.get_logger(__name__)
 j = tb.jobs.c
 
 
@@ -42,8 +46,8 @@ def _key(job: Job) -> ColumnElement[bool]:
 
 
 def _lock_key(event_id: str) -> int:
-    """The event's advisory lock: 64 bits of a hash of its id (a collision would only make one
-    event wait for another's run)."""
+    """The event's advisory lock: 64 bits of a hash of its id (two ids that collide while both
+    run would make a copy pass over the one it should run, until its message is sent again)."""
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big", signed=True)
 
 
@@ -79,7 +83,8 @@ class EventLocks:
             cursor = self._cursor()
             cursor.execute(_TRY_LOCKS, (list(keys),))
             held = {keys[key] for key, locked in cursor.fetchall() if locked}
-        except Exception:  # the database is away: the run finds that out too, and retries
+        except (psycopg.Error, DBAPIError) as exc:  # the database is away: the run meets it and retries
+            log.warning("event_locks.unavailable", error=type(exc).__name__)
             self._drop()
             yield set(event_ids)
             return
@@ -88,7 +93,7 @@ class EventLocks:
         finally:
             try:
                 cursor.execute(_UNLOCK_ALL)
-            except Exception:  # closing the connection ends its locks
+            except (psycopg.Error, DBAPIError):  # closing the connection ends its locks
                 self._drop()
 
     def _cursor(self) -> Any:
