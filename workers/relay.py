@@ -44,9 +44,10 @@ EVENTS_PER_MESSAGE = 16
 # the commits that came meanwhile, and a round goes in as few messages as hold it (spread 1).
 # Each round costs the relay, PostgreSQL and Redis the same few round trips, and each message
 # costs the workers about a bare Celery task, however many events it carries: a throughput
-# setting. bench/pipeline.py, tasks workload, 10 ms: 4.0-4.3 events a message at 300-400/s
-# (1.3-2.2 without) and the pipeline kept up with all the clients could fire (313-317/s), but
-# the p50 at 200/s rose from 9-16 ms to 24-34 ms, past the 25 ms target. README.md: the figures.
+# setting. bench/pipeline.py, tasks workload, 10 ms: 3.4-4.3 events a message at 300-400/s
+# (1.3-2.7 without), but 6.1-6.2 ms of CPU an event against 6.1-6.6 without (no clear gain on
+# that noisy machine), and the p50 at 200/s rose from 9-11 ms to 14-34 ms, past the 25 ms
+# target. README.md: the figures.
 LINGER = 0.0
 
 
