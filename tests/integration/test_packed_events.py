@@ -283,3 +283,41 @@ def test_an_event_a_copy_of_its_message_runs_now_is_skipped_and_free_again_after
         assert broken == set(ids)
     with mine.running_alone(ids) as renewed, other.running_alone(ids) as beside:
         assert renewed == set(ids) and beside == set()
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["one event a message", "three events a message"])
+def test_two_copies_of_a_message_in_two_worker_processes_run_each_event_once(
+    pg_app: App, pg_url: str, redis_server: RedisServer, celery: Celery, tmp_path: Path, packed: bool
+) -> None:
+    """Two copies of one message (as a relay killed before marking its batch sent publishes it
+    again) reach two pool processes of a real worker at once. The family's mail server takes 5 s
+    to answer the first recipient, so the first copy is still running when the second starts:
+    the second passes over the events the first holds (EventLocks), and each job runs once and
+    each e-mail arrives once. Without the locks the second copy counts a second attempt and sends
+    the e-mail the first is still sending."""
+    cases = [register(pg_app).case_id for _ in range(3 if packed else 1)]
+    events = _events(pg_app)
+    assert [e.case_id for e in events] == cases
+    for _ in range(2):
+        if packed:
+            send_events(celery, events)
+        else:
+            celery.send_task("avrr.events.handle", args=[events[0].event_id, events[0].event_type, cases[0]])
+    with smtp_server() as (smtp, inbox):
+        inbox.rcpt_delays = [5.0]
+        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
+        log = tmp_path / "worker.log"
+        worker = start_worker(pg_url, redis_server.url(), log, 2, env)
+        try:
+            wait_for(lambda: sum(r[2] == "done" for r in _jobs(pg_app)) == len(events), 60, "every job done")
+            wait_for(lambda: not queued_jobs(redis_server.client()), 30, "both copies taken")
+            time.sleep(1.0)  # a duplicate would have run by now
+            received = Counter(str(m["Message-ID"]) for m in inbox.received())
+        finally:
+            stop(worker, 30)
+    assert {r[1]: r[3] for r in _jobs(pg_app)} == {e.event_id: 1 for e in events}
+    assert len(received) == len(events) and set(received.values()) == {1}
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
+    skipped = "events.running_elsewhere" if packed else "event.running_elsewhere"
+    assert text.count(skipped) == 1, "the second copy should have passed over the first's events"
+    assert len(re.findall(r"avrr\.events\.handle(?:_many)?\[[0-9a-f-]+\] received", text)) == 2
