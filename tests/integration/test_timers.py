@@ -23,7 +23,7 @@ from workflow.adapters import tables as tb
 from workflow.adapters.timers import SqlTimerStore
 from workflow.bootstrap import App
 from workflow.demo import KBP_CASEWORKER, TLL_TRAVEL
-from workflow.service_layer.timers import DEFAULT_LEASE, FiredCounts
+from workflow.service_layer.timers import DEFAULT_LEASE, DueTimer, FiredCounts, TimerService
 
 REDIS_URL = os.environ.get("AVRR_TEST_TIMERS_REDIS_URL", "redis://127.0.0.1:6379/13")
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +119,30 @@ def test_moving_a_case_on_cancels_its_timers_and_they_never_fire(app: App, clock
     assert app.timers.fire_due() == FiredCounts()
     assert _fired(app, case_id, "escalate_handover") == 0
     assert _timers(app, case_id, "handover_acknowledgement")[0]["status"] == "cancelled"
+
+
+def test_a_timer_the_case_cancelled_after_beat_claimed_it_does_not_fire(app: App, clock: FixedClock) -> None:
+    """Beat claims the due monitoring-visit deadline; before its fire runs, the caseworker
+    records the visit (cancelling that timer and arming the next). The fire finds its timer no
+    longer pending: no escalation, the old timer stays cancelled, the new one stays armed."""
+    case_id = advance_to(app, "monitoring")
+    _due(app, clock, case_id, "monitoring_visit")
+    visit = {"visited_on": str(clock.now().date()), "kind": "home_visit", "plan_on_track": True}
+
+    class VisitRecordedAfterTheClaim(SqlTimerStore):
+        def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[DueTimer]:
+            claimed = list(super().claim_due(now, limit, lease))
+            app.transitions.fire(case_id, "record_monitoring_visit", KBP_CASEWORKER, visit)
+            return claimed
+
+    counts = TimerService(VisitRecordedAfterTheClaim(app.db), app.transitions, clock).fire_due()
+
+    assert counts == FiredCounts(claimed=1, void=1)
+    assert _fired(app, case_id, "escalate_monitoring") == 0
+    assert "MonitoringVisitEscalated" not in _outbox(app, case_id)
+    old, new = _timers(app, case_id, "monitoring_visit")
+    assert (old["status"], new["status"]) == ("cancelled", "pending")
+    assert new["due_at"] > clock.now()
 
 
 def test_the_departure_reminder_fires_before_departure_and_its_event_is_in_the_outbox(

@@ -55,7 +55,9 @@ class FakeTransitions:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        timer_id: str | None = None,
     ) -> FireResult:
+        assert timer_id is not None and idempotency_key == f"timer:{timer_id}"
         self.calls.append((case_id, trigger, actor, payload, idempotency_key))
         outcome = self.outcomes.get(case_id, False)
         if isinstance(outcome, Exception):

@@ -43,6 +43,9 @@ _ELIGIBILITY = (
 
 # Built once: constructing and cache-keying a statement per call costs more than running it.
 _SELECT_CASE = select(tb.cases).where(tb.cases.c.id == bindparam("_id"))
+# A deadline's fire locks the row before it takes its timer: the order a caseworker's move takes
+# them in (the case's UPDATE, then its timers), so the two wait for each other, never deadlock.
+_SELECT_CASE_LOCKED = _SELECT_CASE.with_for_update()
 _UPDATE_CASE = update(tb.cases).where(
     tb.cases.c.id == bindparam("_id"), tb.cases.c.version == bindparam("_expected")
 )
@@ -57,10 +60,11 @@ class SqlCaseRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def get(self, case_id: str) -> Case | None:
+    def get(self, case_id: str, lock: bool = False) -> Case | None:
         if len(case_id) > tb.ID_LENGTH:  # cannot exist; PostgreSQL would refuse the comparison
             return None
-        row = self._conn.execute(_SELECT_CASE, {"_id": case_id}).mappings().first()
+        query = _SELECT_CASE_LOCKED if lock else _SELECT_CASE
+        row = self._conn.execute(query, {"_id": case_id}).mappings().first()
         return _to_case(row) if row else None
 
     def load_parts(self, case: Case, parts: Iterable[str]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Connection, Engine, or_, select, update
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
@@ -49,9 +49,15 @@ class SqlTimerStore:
         return [DueTimer(r.id, r.case_id, r.name, r.fires_trigger, r.due_at) for r in rows]
 
     def mark_fired(self, timer_id: str, now: datetime) -> None:
-        # Whatever its status: the fire itself may have cancelled it (it left or re-armed its state).
+        # The fire marked it already (SqlTimerClaims); this marks a timer whose fire committed
+        # before fires took their timer, found again by its idempotency key. A timer the case's
+        # move cancelled stays cancelled.
         with writing(self._engine) as conn:
-            conn.execute(update(tb.timers).where(_t.id == timer_id).values(status="fired", fired_at=now))
+            conn.execute(
+                update(tb.timers)
+                .where(_t.id == timer_id, _t.status == _PENDING)
+                .values(status="fired", fired_at=now)
+            )
 
     def mark_void(self, timer_id: str, now: datetime) -> None:
         # A timer the case's move cancelled meanwhile stays cancelled: that says why it never fired.
@@ -61,3 +67,22 @@ class SqlTimerStore:
                 .where(_t.id == timer_id, _t.status == "pending")
                 .values(status="void", fired_at=now)
             )
+
+
+class SqlTimerClaims:
+    """Implements ``TimerClaims`` on the unit of work's connection: the fire of a deadline marks
+    its timer fired in its own transaction, and only while the timer is pending. A caseworker's
+    move that cancelled the timer after beat claimed it (a visit recorded, travel cancelled)
+    leaves nothing to fire; on PostgreSQL the UPDATE waits for that move's transaction, so the
+    two cannot both win."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def take(self, timer_id: str, case_id: str, now: datetime) -> bool:
+        taken = self._conn.execute(
+            update(tb.timers)
+            .where(_t.id == timer_id, _t.case_id == case_id, _t.status == _PENDING)
+            .values(status="fired", fired_at=now)
+        )
+        return bool(taken.rowcount == 1)

@@ -11,7 +11,15 @@ from workflow.adapters.db import WRITE_OPTION
 from workflow.adapters.inbound import SqlInboundStore
 from workflow.adapters.repository import SqlCaseRepository
 from workflow.adapters.stores import SqlHistoryLog, SqlIdempotencyStore, SqlOutbox
-from workflow.service_layer.ports import CaseRepository, HistoryLog, IdempotencyStore, InboundStore, Outbox
+from workflow.adapters.timers import SqlTimerClaims
+from workflow.service_layer.ports import (
+    CaseRepository,
+    HistoryLog,
+    IdempotencyStore,
+    InboundStore,
+    Outbox,
+    TimerClaims,
+)
 
 
 class SqlUnitOfWork:
@@ -20,6 +28,7 @@ class SqlUnitOfWork:
     outbox: Outbox
     idempotency: IdempotencyStore
     inbound: InboundStore
+    timers: TimerClaims
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -34,6 +43,7 @@ class SqlUnitOfWork:
         self.outbox = SqlOutbox(self._conn)
         self.idempotency = SqlIdempotencyStore(self._conn)
         self.inbound = SqlInboundStore(self._conn)
+        self.timers = SqlTimerClaims(self._conn)
         return self
 
     def __exit__(

@@ -116,6 +116,19 @@ class IdempotencyKeyReused(DomainError):
         self.key = key
 
 
+class TimerNotPending(DomainError):
+    """A deadline's fire found its timer no longer pending: the case moved on (cancelling it)
+    between the beat's claim and the fire. Only the timer service fires with a timer; it files
+    the timer as never fired. Not in ``ALL_ERRORS``: no API or CLI call can meet it."""
+
+    code = "timer_not_pending"
+    title = "The deadline was cancelled before it fired"
+
+    def __init__(self, timer_id: str) -> None:
+        super().__init__(f"timer {timer_id} is no longer pending")
+        self.timer_id = timer_id
+
+
 ALL_ERRORS: tuple[type[DomainError], ...] = (
     UnknownCase,
     UnknownTrigger,

@@ -72,7 +72,10 @@ class StoredResponse:
 
 
 class CaseRepository(Protocol):
-    def get(self, case_id: str) -> Case | None: ...
+    def get(self, case_id: str, lock: bool = False) -> Case | None:
+        """``lock``: the row stays locked until the unit of work ends (PostgreSQL)."""
+        ...
+
     def load_parts(self, case: Case, parts: Iterable[str]) -> None: ...
     def office_exists(self, code: str) -> bool: ...
     def add(self, case: Case, now: datetime) -> None: ...
@@ -127,12 +130,20 @@ class InboundStore(Protocol):
         ...
 
 
+class TimerClaims(Protocol):
+    def take(self, timer_id: str, case_id: str, now: datetime) -> bool:
+        """Marks the case's timer fired if it is still pending, in the unit of work's
+        transaction; False when it is not (the case's move cancelled it, or it fired)."""
+        ...
+
+
 class UnitOfWork(Protocol):
     cases: CaseRepository
     history: HistoryLog
     outbox: Outbox
     idempotency: IdempotencyStore
     inbound: InboundStore
+    timers: TimerClaims
 
     def __enter__(self) -> Self: ...
     def __exit__(

@@ -3,7 +3,10 @@
 A claim is committed before the fire, so a fire never runs inside the claim's row locks (its own
 transaction cancels and re-arms timer rows). The claim is a lease: a timer whose firing beat died
 is claimed again once the lease runs out, and the idempotency key ``timer:<id>`` makes that second
-fire answer with the first one's result instead of moving the case twice.
+fire answer with the first one's result instead of moving the case twice. The fire takes its
+timer (pending to fired) in its own transaction: a caseworker's move that cancelled the timer
+after the claim (a visit recorded, travel cancelled) leaves nothing to fire, and the timer is
+counted void and stays cancelled.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Fires(Protocol):
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        timer_id: str | None = None,
     ) -> FireResult: ...
 
 
@@ -116,6 +120,7 @@ class TimerService:
                 SYSTEM_ACTOR,
                 payload={},
                 idempotency_key=idempotency_key(timer.id),
+                timer_id=timer.id,
             )
         except VersionConflict:
             log.info("timer.fire_deferred", reason="version_conflict")

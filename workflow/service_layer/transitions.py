@@ -16,6 +16,7 @@ from workflow.domain.errors import (
     DomainError,
     IdempotencyKeyReused,
     InvalidPayload,
+    TimerNotPending,
     UnknownCase,
     VersionConflict,
 )
@@ -75,6 +76,7 @@ class _Request:
     idempotency_key: str | None
     request_id: str | None
     inbound: InboundDelivery | None = None  # a delivery from another deployment, recorded with the fire
+    timer_id: str | None = None  # a deadline's timer, taken (marked fired) with the fire
 
     def digest(self) -> str:
         body = {
@@ -112,8 +114,14 @@ class TransitionService:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         request_id: str | None = None,
+        timer_id: str | None = None,
     ) -> FireResult:
-        request = _Request(case_id, trigger, actor, payload, expected_version, idempotency_key, request_id)
+        """``timer_id``: the fire of that deadline (the timer service's): it takes the timer in
+        its transaction, and is refused with ``TimerNotPending`` if the case's move cancelled it
+        after beat claimed it."""
+        request = _Request(
+            case_id, trigger, actor, payload, expected_version, idempotency_key, request_id, timer_id=timer_id
+        )
         return self._run(request)
 
     def create_case(
@@ -182,6 +190,9 @@ class TransitionService:
                 uow.inbound.add(request.inbound)
             case = self._load(uow, request)
             now = self._clock.now()
+            # Before the fire's own writes, which may cancel the timer as the case leaves its state.
+            if request.timer_id is not None and not uow.timers.take(request.timer_id, case.id, now):
+                raise TimerNotPending(request.timer_id)
             fired = self._apply(uow, case, request, FireContext(request.actor, now, self._programme))
             (uow.cases.add if fired.from_state == LIFECYCLE.initial else uow.cases.update)(case, now)
             uow.history.append(_history_entry(case, fired, request, now))
@@ -210,7 +221,7 @@ class TransitionService:
     def _load(self, uow: UnitOfWork, request: _Request) -> Case:
         if request.case_id is None:
             return Case.new(LIFECYCLE.version)
-        case = uow.cases.get(request.case_id)
+        case = uow.cases.get(request.case_id, lock=request.timer_id is not None)
         if case is None and request.inbound is not None and request.trigger in OPENING:
             return Case.new(LIFECYCLE.version, request.case_id)
         # Another office's case answers as unknown, so ids cannot be probed.
