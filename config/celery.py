@@ -52,6 +52,9 @@ def celery_config(
         # A worker process killed by the OS (OOM, kill -9) puts its job back; the attempt cap
         # kept in the database (jobs.attempts) stops a job that keeps killing workers.
         "task_reject_on_worker_lost": True,
+        # So does one the hard time limit killed: its message goes back to the queue, its done
+        # jobs are skipped, and the attempt cap stops a job that hangs every time.
+        "task_acks_on_timeout": False,
         # One message per process at a time: nothing prefetched is stranded in a dead worker.
         "worker_prefetch_multiplier": 1,
         **({} if embedded else {"worker_concurrency": WORKER_CONCURRENCY}),

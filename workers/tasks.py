@@ -8,8 +8,8 @@ from functools import cache
 from typing import Any
 
 import structlog
-from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery import Task, signals
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
@@ -44,6 +44,20 @@ def _runner() -> EffectRunner:
     return effect_runner(_db(), MAX_ATTEMPTS)
 
 
+_INHERITED: list[object] = []
+
+
+@signals.worker_process_init.connect
+def _own_connections(**_: Any) -> None:
+    """A pool process opens its own connections. Should the worker's main process have built
+    these before forking it, the copies share the parent's sockets: they are kept (neither used
+    nor closed, nor collected, which could close them) and the process builds its own."""
+    for built in (_runner, _locks, _db):
+        if built.cache_info().currsize:
+            _INHERITED.append(built())
+            built.cache_clear()
+
+
 def _error(exc: BaseException) -> str:
     # The error's type and its own short text: channels never put addresses or bodies in it.
     return f"{type(exc).__name__}: {exc}"[:500]
@@ -54,9 +68,22 @@ def _give_up(job: Job, error: str, kind: str) -> None:
     log.error("job.dead_lettered", event_id=job.event_id, effect=job.effect, error=kind)
 
 
+def _killed_by_hard_limit(exc: Exception) -> bool:
+    """Celery calls ``on_failure`` in the worker's main process when the hard time limit kills
+    a task: nothing is filed from there (no database work in the process that forks the pool).
+    The message goes back to the queue (task_acks_on_timeout off), its done jobs are skipped and
+    the job that hung counts an attempt; the attempt cap files one that hangs every time."""
+    if not isinstance(exc, TimeLimitExceeded):
+        return False
+    log.error("task.hard_time_limit", requeued=True)
+    return True
+
+
 class EffectTask(Task):  # type: ignore[misc]
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """Retries are spent, or the error is not transient: the job goes to the dead letters."""
+        if _killed_by_hard_limit(exc):
+            return
         _give_up(Job(*args), _error(exc), type(exc).__name__)
 
 
@@ -69,7 +96,7 @@ class EventTask(Task):  # type: ignore[misc]
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """The event's run failed outside its jobs (an error nobody expected): each of its
         unfinished jobs goes to the dead letters. Jobs already filed are not filed again."""
-        if isinstance(exc, JobsDeadLettered):
+        if isinstance(exc, JobsDeadLettered) or _killed_by_hard_limit(exc):
             return
         _count(retry=False, dead=True)
         for job in Event(*args).jobs():
@@ -197,7 +224,7 @@ class EventsTask(Task):  # type: ignore[misc]
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         """The message's run failed outside its events' runs (sending an event on, say): each
         unfinished job of its events goes to the dead letters (done jobs stay done)."""
-        if isinstance(exc, JobsDeadLettered):
+        if isinstance(exc, JobsDeadLettered) or _killed_by_hard_limit(exc):
             return
         for event_id, event_type, case_id, *_ in args:
             for job in Event(event_id, event_type, case_id).jobs():

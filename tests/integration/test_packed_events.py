@@ -321,3 +321,41 @@ def test_two_copies_of_a_message_in_two_worker_processes_run_each_event_once(
     skipped = "events.running_elsewhere" if packed else "event.running_elsewhere"
     assert text.count(skipped) == 1, "the second copy should have passed over the first's events"
     assert len(re.findall(r"avrr\.events\.handle(?:_many)?\[[0-9a-f-]+\] received", text)) == 2
+
+
+def test_a_packed_message_killed_by_the_hard_time_limit_goes_back_and_runs_again(
+    pg_app: App, pg_url: str, redis_server: RedisServer, celery: Celery, tmp_path: Path
+) -> None:
+    """A message of three events, soft time limit 2 s, hard 4 s, while another session holds a
+    lock on the jobs table for 7 s: the first event's first statement waits in libpq, where the
+    soft limit's signal cannot interrupt it, and the hard limit kills the pool process. The
+    message goes back to the queue rather than being acknowledged, and nothing is filed from
+    the worker's main process: once the lock goes, the three events run, each e-mail arrives
+    once, and the dead letters stay empty."""
+    cases = [register(pg_app).case_id for _ in range(3)]
+    events = _events(pg_app)
+    assert [e.case_id for e in events] == cases
+    with smtp_server() as (smtp, inbox):
+        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
+        log = tmp_path / "worker.log"
+        worker = start_worker(pg_url, redis_server.url(), log, 1, env)
+        try:
+            wait_for(lambda: "ready." in log.read_text(errors="replace"), 30, "the worker ready")
+            with pg_app.db.connect() as holder:
+                holder.exec_driver_sql("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+                args = [event_args(e) for e in events]
+                celery.send_task(EVENTS_TASK, args=args, soft_time_limit=2, time_limit=4)
+                time.sleep(7.0)
+                holder.rollback()
+            wait_for(lambda: sum(r[2] == "done" for r in _jobs(pg_app)) == 3, 90, "the three jobs done")
+            time.sleep(1.0)  # a duplicate would have run by now
+            received = Counter(str(m["Message-ID"]) for m in inbox.received())
+        finally:
+            stop(worker, 30)
+    assert len(received) == 3 and set(received.values()) == {1}
+    with pg_app.db.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(tb.dead_letters)) == 0
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
+    assert "Hard time limit (4s) exceeded for avrr.events.handle_many" in text
+    assert "task.hard_time_limit" in text
+    assert len(re.findall(r"avrr\.events\.handle_many\[[0-9a-f-]+\] received", text)) == 2
