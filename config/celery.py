@@ -45,7 +45,16 @@ def celery_config(
             if embedded
             # Redis re-delivers an unacknowledged message after this many seconds; above the
             # hard time limit, so a slow job is never handed to a second worker while it runs.
-            else {"visibility_timeout": TASK_TIME_LIMIT * 4}
+            # A Redis host gone silent (no reset: a partition, a lost VM) fails a command after
+            # 30 s, not after the kernel's retransmissions (about 15 minutes), so the relay
+            # rolls its batch back (releasing the rows it holds) and tries again; keepalives
+            # find a dead idle connection. Both far above a worker's 1 s BRPOP.
+            else {
+                "visibility_timeout": TASK_TIME_LIMIT * 4,
+                "socket_timeout": 30,
+                "socket_connect_timeout": 5,
+                "socket_keepalive": True,
+            }
         ),
         # Acknowledge after the job ran: a worker that dies mid-job leaves it to be redelivered.
         "task_acks_late": True,

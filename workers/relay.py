@@ -193,28 +193,77 @@ class QueueGate:
         self.probe.close()
 
 
+# The LISTEN connection: a dead peer (a database host gone without a reset) is noticed within
+# about a minute, not after the kernel's retransmissions (15 minutes).
+LISTEN_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
 class Waker:
-    """Sleeps until PostgreSQL NOTIFYs a commit to the outbox, or the poll interval passes."""
+    """Sleeps until PostgreSQL NOTIFYs a commit to the outbox, or the poll interval passes.
+
+    The relay never depends on it: without its connection (the database away at start, a
+    restart, a session ended by the server) it polls every interval and connects again at the
+    next wait; the first wait after a reconnect returns at once, since commits notified while it
+    was away were not heard."""
 
     def __init__(self, db: Engine, interval: float) -> None:
         self._interval = interval
+        self._url: str | None = None
         self._conn: psycopg.Connection[object] | None = None
         if db.dialect.name == "postgresql":
-            url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-            self._conn = psycopg.connect(url, autocommit=True)
-            self._conn.execute(f"LISTEN {CHANNEL}")
+            self._url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+            self._listen()
+
+    @property
+    def listening(self) -> bool:
+        return self._conn is not None
+
+    def _listen(self) -> bool:
+        assert self._url is not None
+        try:
+            conn = psycopg.connect(self._url, autocommit=True, **LISTEN_OPTIONS)
+        except psycopg.Error as exc:
+            log.warning("relay.listen_unavailable", error=type(exc).__name__, poll_every=self._interval)
+            return False
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except psycopg.Error as exc:
+            conn.close()
+            log.warning("relay.listen_unavailable", error=type(exc).__name__, poll_every=self._interval)
+            return False
+        self._conn = conn
+        return True
 
     def wait(self) -> None:
         if self._conn is None:
-            time.sleep(self._interval)
+            if self._url is None or not self._listen():
+                time.sleep(self._interval)
             return
-        for _ in self._conn.notifies(timeout=self._interval, stop_after=1):
-            pass
-        # Every commit to the outbox notifies: those already here are answered by the one
-        # round that follows, not by a round each.
-        for _ in self._conn.notifies(timeout=0):
-            pass
+        try:
+            for _ in self._conn.notifies(timeout=self._interval, stop_after=1):
+                pass
+            # Every commit to the outbox notifies: those already here are answered by the one
+            # round that follows, not by a round each.
+            for _ in self._conn.notifies(timeout=0):
+                pass
+        except psycopg.Error as exc:
+            log.warning("relay.listen_lost", error=type(exc).__name__)
+            self.close()
 
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+
+MAX_BACKOFF = 20.0
 
 # How often the relay looks for events whose message was lost (see OutboxRelay.redeliver_stalled).
 SWEEP_SECONDS = 60.0
@@ -305,12 +354,31 @@ def run(
     relay = OutboxRelay(db, publish, jobs_per_type=jobs_per_type())
     gate = gate or QueueGate(app)
     sweep = Sweeper(relay, app, redeliver_after, file_lost(db), gate.probe)
-    waker, backoff = Waker(db, interval), interval
-    next_sweep = time.monotonic() + sweep_every
-    last_round = -math.inf
+    waker = Waker(db, interval)
     if heartbeat is not None:
         heartbeat.parent.mkdir(parents=True, exist_ok=True)
     log.info("relay.started", database=db.dialect.name)
+    try:
+        _loop(relay, sweep, gate, waker, stop, interval, heartbeat, sweep_every, linger)
+    finally:
+        waker.close()
+        gate.close()
+
+
+def _loop(
+    relay: OutboxRelay,
+    sweep: Sweeper,
+    gate: QueueGate,
+    waker: Waker,
+    stop: threading.Event,
+    interval: float,
+    heartbeat: Path | None,
+    sweep_every: float,
+    linger: float,
+) -> None:
+    backoff = interval
+    next_sweep = time.monotonic() + sweep_every
+    last_round = -math.inf
     while not stop.is_set():
         if heartbeat is not None:
             heartbeat.touch()
@@ -328,11 +396,12 @@ def run(
             # Rows stay unsent; they go out when the broker (or database) is back.
             log.warning("relay.unavailable", error=type(exc).__name__, retry_in=backoff)
             stop.wait(backoff)
-            backoff = min(backoff * 2, 30.0)
+            # At most 20 s: with the failed try's own time, under the 30 s after which
+            # `avrr relay --check` calls a heartbeat stale.
+            backoff = min(backoff * 2, MAX_BACKOFF)
             continue
         if moved < relay.batch_size:  # a full batch may have more behind it: go on at once
             waker.wait()
-    gate.close()
 
 
 def main() -> None:

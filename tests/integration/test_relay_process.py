@@ -6,10 +6,10 @@ import json
 import sys
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from tests.integration.processes import RedisServer, spawn, stop, wait_for
-from tests.support import advance_to
+from tests.integration.processes import RedisServer, spawn, start_relay, stop, wait_for
+from tests.support import advance_to, register
 from workflow.adapters import tables as tb
 from workflow.bootstrap import App
 
@@ -43,3 +43,40 @@ def test_the_relay_module_logs_json_lines_at_the_settings_level(
     assert records[0]["event"] == "relay.started"
     assert records[0]["level"] == "info" and records[0]["database"] == "postgresql"
     assert all(record["level"] != "debug" for record in records)  # outbox.relayed is below INFO
+
+
+def _listening(app: App) -> list[int]:
+    """The relay's LISTEN sessions on this database (its Waker's connection)."""
+    with app.db.connect() as conn:
+        return list(
+            conn.scalars(
+                text(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+                )
+            )
+        )
+
+
+def test_a_relay_whose_listen_session_the_server_ends_goes_on_and_listens_again(
+    pg_app: App, pg_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """PostgreSQL ends the relay's LISTEN session (a restart, an idle-session timeout, an
+    operator's pg_terminate_backend): the relay keeps running, relays what is committed after,
+    and opens a new LISTEN session."""
+    log = tmp_path / "relay.log"
+    relay = start_relay(pg_url, redis_server.url(), log, interval=1.0)
+    try:
+        register(pg_app)
+        wait_for(lambda: _unsent(pg_app) == 0, 30, "the relay to send the first row")
+        (first,) = wait_for(lambda: _listening(pg_app), 10, "the relay's LISTEN session")
+        with pg_app.db.connect() as conn:
+            assert conn.scalar(select(func.pg_terminate_backend(first)))
+        register(pg_app)
+        wait_for(lambda: _unsent(pg_app) == 0, 30, "the relay to send the row committed after")
+        (second,) = wait_for(lambda: [pid for pid in _listening(pg_app) if pid != first], 10, "a new LISTEN")
+        assert relay.poll() is None, "the relay exited"
+    finally:
+        stop(relay)
+    text_ = log.read_text(errors="replace")
+    assert "relay.listen_lost" in text_ and second != first
