@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 from celery import Task, signals
@@ -26,6 +26,10 @@ from workflow.service_layer.notifications import TransientDeliveryError
 
 log = structlog.get_logger(__name__)
 TRANSIENT = (TransientDeliveryError, DatabaseError, BrokerError)
+# A job that ran out of the event's time (the soft limit covers all of an event's jobs, or a
+# replayed job's own) is not at fault: it goes with the retry, and its attempts in the database
+# still bound it.
+RETRYABLE = (*TRANSIENT, SoftTimeLimitExceeded)
 
 
 @cache
@@ -103,6 +107,19 @@ class EventTask(Task):  # type: ignore[misc]
             _give_up(job, _error(exc), type(exc).__name__)
 
 
+def _retry(task: Task, **options: Any) -> NoReturn:
+    """``Task.retry``, except when the retry cannot be published (the broker away): Celery would
+    reject the message without requeueing it, leaving its jobs to the search for lost messages;
+    here the message itself goes back to the queue, and its done jobs are skipped when it runs."""
+    try:
+        raise task.retry(**options)
+    except Reject as refused:
+        if refused.requeue:
+            raise
+        log.warning("task.retry_not_sent", error=type(refused.reason).__name__)
+        raise Reject(refused.reason, requeue=True) from None
+
+
 def backoff(retries: int, retry_after: float | None = None) -> float:
     """Exponential with full jitter (1 s, 2 s, 4 s ... up to the cap), or what the receiver asked."""
     if retry_after is not None:
@@ -118,15 +135,10 @@ def run_effect(
     committed = datetime.fromisoformat(occurred_at) if occurred_at else None
     try:
         return _runner().run(Job(event_id, event_type, case_id, effect, committed))
-    except TRANSIENT as exc:
+    except RETRYABLE as exc:
         delay = backoff(self.request.retries, getattr(exc, "retry_after", None))
         log.warning("job.retrying", effect=effect, error=type(exc).__name__, retry_in=round(delay, 2))
-        raise self.retry(exc=exc, countdown=delay) from None
-
-
-# A job that ran out of the event's time (the soft limit covers all of an event's jobs) is not
-# at fault: it goes with the retry, and its attempts in the database still bound it.
-RETRYABLE = (*TRANSIENT, SoftTimeLimitExceeded)
+        _retry(self, exc=exc, countdown=delay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +226,7 @@ def handle_event(
             return "running elsewhere"
         verdict = run_event(event, self.request.retries, self.max_retries)
     if verdict.retry_in is not None:
-        raise self.retry(exc=verdict.exc, countdown=verdict.retry_in, max_retries=verdict.max_retries)
+        _retry(self, exc=verdict.exc, countdown=verdict.retry_in, max_retries=verdict.max_retries)
     if verdict.dead:
         raise JobsDeadLettered(", ".join(verdict.dead))
     return "done"

@@ -504,11 +504,19 @@ def test_webhook_statuses_map_to_transient_or_permanent(
     assert len(receiver.requests) == 1  # a redirect is not followed
 
 
-def test_a_503_with_retry_after_tells_the_caller_how_long_to_wait(receiver: Receiver) -> None:
-    receiver.replies.append((503, {"Retry-After": "7"}, 0.0))
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("7", 7), (" 12 ", 12), ("\u00b2", None), ("Wed, 21 Oct 2026 07:28:00 GMT", None), ("-3", None)],
+)
+def test_a_503_with_retry_after_tells_the_caller_how_long_to_wait(
+    receiver: Receiver, header: str, seconds: int | None
+) -> None:
+    """Seconds in ASCII digits only; anything else (a superscript digit, the HTTP-date form) is
+    ignored, and the 503 stays transient."""
+    receiver.replies.append((503, {"Retry-After": header}, 0.0))
     with pytest.raises(TransientDeliveryError) as busy:
         WebhookChannel(SECRET, timeout=5).send(handover(receiver.url))
-    assert busy.value.retry_after == 7
+    assert busy.value.retry_after == seconds
 
 
 def test_a_slow_receiver_times_out_as_transient(receiver: Receiver) -> None:

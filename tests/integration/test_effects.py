@@ -236,6 +236,35 @@ def test_an_error_the_caller_stops_on_leaves_the_jobs_after_it_not_run(
     assert job_states(app, event.event_id) == {notice.effect: ("running", 1)}  # the task's job never started
 
 
+def test_replay_of_a_letter_whose_job_a_late_run_finished_closes_it_and_leaves_the_job_done(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    """The job was filed in the dead letters while a late run of it was finishing (the filing
+    marks it dead, the run's finish marks it done). Replaying that letter closes it; the job is
+    not reopened, so its message finds it done instead of failing on the task it already made."""
+    port, _ = inbox
+    set_offices(app)
+    event = approval(app, advance_to(app, "return_approved"))
+    _, task = event.jobs()
+    run = runner(app, port, sink)
+    assert run.run(task) == "done"
+    key = (tb.jobs.c.event_id == task.event_id) & (tb.jobs.c.effect == task.effect)
+    with app.db.begin() as conn:  # as it was while that run went on
+        conn.execute(update(tb.jobs).where(key).values(status="running"))
+    SqlJobStore(app.db).dead_letter(task, "TimeLimitExceeded: 90", SystemClock().now())
+    with app.db.begin() as conn:  # the late run's finish
+        conn.execute(update(tb.jobs).where(key).values(status="done"))
+
+    queued: list[Job] = []
+    assert SqlDeadLetters(app.db).replay(None, SystemClock().now(), queued.append) == [task]
+    assert queued == [task] and SqlDeadLetters(app.db).open() == []
+    assert job_states(app, task.event_id)[task.effect] == ("done", 1)
+    assert run.run(task) == "done"
+    with app.db.connect() as conn:
+        made = conn.scalars(select(tb.tasks.c.kind).where(tb.tasks.c.source_event_id == task.event_id))
+        assert list(made) == ["request_travel_documents"]
+
+
 def test_replay_that_cannot_publish_leaves_the_dead_letter_open(app: App) -> None:
     case_id = advance_to(app, "return_approved")
     job = jobs_of(app, case_id)[-1]

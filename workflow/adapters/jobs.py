@@ -79,15 +79,21 @@ class EventLocks:
             yield set(event_ids)
             return
         keys = {_lock_key(event_id): event_id for event_id in event_ids}
-        try:
-            cursor = self._cursor()
-            cursor.execute(_TRY_LOCKS, (list(keys),))
-            held = {keys[key] for key, locked in cursor.fetchall() if locked}
-        except (psycopg.Error, DBAPIError) as exc:  # the database is away: the run meets it and retries
-            log.warning("event_locks.unavailable", error=type(exc).__name__)
-            self._drop()
-            yield set(event_ids)
-            return
+        # A kept connection the server ended (a restart, a failover) fails its first statement
+        # while the database is back: a fresh one is tried before running unlocked, as a copy
+        # of this message, published again by a relay the same restart interrupted, may run now.
+        for last_try in (False, True):
+            try:
+                cursor = self._cursor()
+                cursor.execute(_TRY_LOCKS, (list(keys),))
+                held = {keys[key] for key, locked in cursor.fetchall() if locked}
+                break
+            except (psycopg.Error, DBAPIError) as exc:
+                self._drop()
+                if last_try:  # the database is away: the run meets it and retries
+                    log.warning("event_locks.unavailable", error=type(exc).__name__)
+                    yield set(event_ids)
+                    return
         try:
             yield held
         finally:
@@ -422,15 +428,23 @@ class SqlDeadLetters:
 
         The reopening and the publish share a transaction: if the broker refuses, nothing
         changes and the dead letter stays open. A replayed job whose effect already happened
-        (say, a send that succeeded before its record failed) is recognised by its key."""
+        (say, a send that succeeded before its record failed) is recognised by its key. A letter
+        whose job is done (filed while a late run of it was finishing) is closed without
+        reopening the job: its effect happened, its message finds it done and does nothing,
+        and a reopened task job would only fail again on the task it already made."""
         query = _OPEN.order_by(dl.id)
         if ids is not None:
             query = query.where(dl.id.in_(list(ids)))
         with writing(self._db) as conn:
             letters = [DeadLetter(*row) for row in conn.execute(query.with_for_update())]
-            jobs = [Job(d.event_id, d.event_type, d.case_id, d.effect) for d in letters]
-            for letter, job in zip(letters, jobs, strict=True):
+            jobs: list[Job] = []
+            for letter in letters:
+                job = Job(letter.event_id, letter.event_type, letter.case_id, letter.effect)
+                jobs.append(job)
                 conn.execute(update(tb.dead_letters).where(dl.id == letter.id).values(replayed_at=now))
+                if conn.scalar(select(tb.jobs.c.status).where(_key(job))) == "done":
+                    log.info("dead_letter.job_done", event_id=job.event_id, effect=job.effect)
+                    continue
                 conn.execute(
                     update(tb.jobs).where(_key(job)).values(status="pending", attempts=0, finished_at=None)
                 )

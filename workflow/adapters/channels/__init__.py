@@ -46,6 +46,8 @@ def post_json(url: str, body: bytes, headers: Mapping[str, str], timeout: float)
 
 def _seconds(retry_after: str | None) -> float | None:
     """Retry-After in seconds; the HTTP-date form is rare from APIs and is ignored."""
-    if retry_after is None or not retry_after.strip().isdigit():
+    seconds = (retry_after or "").strip()
+    # ASCII digits only: str.isdigit() also takes "²", which float() refuses.
+    if not seconds or not seconds.isascii() or not seconds.isdigit():
         return None
-    return float(retry_after.strip())
+    return float(seconds)
