@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from functools import cache
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from config.settings import get_settings
 from workers.app import app
 from workflow.bootstrap import bootstrap
@@ -19,4 +21,5 @@ def _timers() -> TimerService:
 # No retries: the next tick is the retry, and a timer that failed is claimed again after its lease.
 @app.task(name="avrr.timers.fire_due")
 def fire_due() -> dict[str, int]:
-    return _timers().fire_due(limit=get_settings().timer_batch_size).to_json()
+    limit = get_settings().timer_batch_size
+    return _timers().fire_due(limit=limit, stop_on=(SoftTimeLimitExceeded,)).to_json()

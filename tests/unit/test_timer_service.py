@@ -120,6 +120,21 @@ def test_an_unexpected_error_is_logged_and_the_batch_goes_on() -> None:
     assert store.marked == {"timer-2": "fired"}
 
 
+class TimeIsUp(Exception):
+    """Stands for the worker's soft time limit (Celery's SoftTimeLimitExceeded is an Exception)."""
+
+
+def test_an_error_the_caller_stops_on_ends_the_batch_and_leaves_the_rest_claimed() -> None:
+    store = FakeStore(timer(1), timer(2), timer(3))
+    transitions = FakeTransitions({"case-2": TimeIsUp()})
+
+    counts = TimerService(store, transitions, CLOCK).fire_due(stop_on=(TimeIsUp,))
+
+    assert counts == FiredCounts(claimed=3, fired=1)
+    assert [call[0] for call in transitions.calls] == ["case-1", "case-2"]  # the third never tried
+    assert store.marked == {"timer-1": "fired"}  # the others wait for their lease
+
+
 def test_a_batch_claims_at_most_its_limit_with_the_lease_and_the_time_given() -> None:
     store = FakeStore(timer(1), timer(2), timer(3))
     lease = timedelta(minutes=2)

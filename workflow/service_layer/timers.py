@@ -93,21 +93,33 @@ class TimerService:
     ) -> None:
         self._store, self._transitions, self._clock, self._lease = store, transitions, clock, lease
 
-    def fire_due(self, now: datetime | None = None, limit: int = 100) -> FiredCounts:
-        """Fires up to ``limit`` due timers; one timer's failure never stops the others."""
+    def fire_due(
+        self, now: datetime | None = None, limit: int = 100, stop_on: tuple[type[BaseException], ...] = ()
+    ) -> FiredCounts:
+        """Fires up to ``limit`` due timers; one timer's failure never stops the others. An
+        error of ``stop_on`` (the worker's soft time limit) ends the batch there: the timers not
+        fired yet are claimed again once their lease runs out."""
         timers = self._store.claim_due(now or self._clock.now(), limit, self._lease)
-        outcomes = Counter(self._fire(timer) for timer in timers)
+        outcomes: Counter[str] = Counter()
+        for index, timer in enumerate(timers):
+            try:
+                outcomes[self._fire(timer, stop_on)] += 1
+            except stop_on as exc:
+                log.warning("timers.batch_cut", error=type(exc).__name__, not_fired=len(timers) - index)
+                break
         counts = FiredCounts(claimed=len(timers), **outcomes)
         if timers:
             log.info("timers.batch_fired", **counts.to_json())
         return counts
 
-    def _fire(self, timer: DueTimer) -> str:
+    def _fire(self, timer: DueTimer, stop_on: tuple[type[BaseException], ...] = ()) -> str:
         with structlog.contextvars.bound_contextvars(
             case_id=timer.case_id, timer=timer.name, timer_id=timer.id, trigger=timer.fires_trigger
         ):
             try:
                 return self._fire_once(timer)
+            except stop_on:
+                raise
             except Exception:
                 log.exception("timer.fire_failed")
                 return "failed"
