@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from workflow.adapters import tables as tb
 from workflow.adapters.timers import SqlTimerStore
 from workflow.bootstrap import App
 from workflow.demo import KBP_CASEWORKER, TLL_TRAVEL
+from workflow.service_layer.handover import HandoverInbox
 from workflow.service_layer.timers import DEFAULT_LEASE, DueTimer, FiredCounts, TimerService
 
 REDIS_URL = os.environ.get("AVRR_TEST_TIMERS_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -119,6 +121,37 @@ def test_moving_a_case_on_cancels_its_timers_and_they_never_fire(app: App, clock
     assert app.timers.fire_due() == FiredCounts()
     assert _fired(app, case_id, "escalate_handover") == 0
     assert _timers(app, case_id, "handover_acknowledgement")[0]["status"] == "cancelled"
+
+
+def test_a_handed_over_case_keeps_its_deadlines_in_the_deployment_that_owns_it(
+    app: App, clock: FixedClock
+) -> None:
+    """Kyiv is another deployment (it has a webhook URL). Its signed acceptance moves Tallinn's
+    copy of the case to handed_over, which arms the returnee-contact deadline on that copy too;
+    the contact is recorded in Kyiv's deployment, so Tallinn's copy must not escalate it."""
+    with app.db.begin() as conn:
+        conn.execute(
+            update(tb.offices)
+            .where(tb.offices.c.code == "kyiv")
+            .values(webhook_url="https://kyiv.example/in")
+        )
+    case_id = advance_to(app, "handover_pending")
+    decision = {
+        "type": "avrr.handover.decision.v1",
+        "event_id": str(uuid.uuid4()),
+        "case_id": case_id,
+        "from_office": "kyiv",
+        "to_office": "tallinn",
+        "decision": "accepted",
+    }
+    HandoverInbox(app.uow, app.transitions, app.clock).receive("decision-1", json.dumps(decision).encode())
+    assert app.views.case(case_id)["state"] == "handed_over"
+    _due(app, clock, case_id, "returnee_contact")
+
+    assert app.timers.fire_due() == FiredCounts(claimed=1, void=1)
+    assert app.views.case(case_id)["state"] == "handed_over"
+    assert "ReturneeContactEscalated" not in _outbox(app, case_id)
+    assert _timers(app, case_id, "returnee_contact")[0]["status"] == "void"
 
 
 def test_a_timer_the_case_cancelled_after_beat_claimed_it_does_not_fire(app: App, clock: FixedClock) -> None:

@@ -116,16 +116,18 @@ class IdempotencyKeyReused(DomainError):
         self.key = key
 
 
-class TimerNotPending(DomainError):
-    """A deadline's fire found its timer no longer pending: the case moved on (cancelling it)
-    between the beat's claim and the fire. Only the timer service fires with a timer; it files
-    the timer as never fired. Not in ``ALL_ERRORS``: no API or CLI call can meet it."""
+class TimerVoid(DomainError):
+    """A deadline's fire that has nothing to do here: its timer is no longer pending (the case
+    moved on, cancelling it, between the beat's claim and the fire), or the case's owner office
+    is served by another deployment (a handed-over case's copy: that deployment keeps its
+    deadlines). Only the timer service fires with a timer; it files the timer as never fired.
+    Not in ``ALL_ERRORS``: no API or CLI call can meet it."""
 
-    code = "timer_not_pending"
-    title = "The deadline was cancelled before it fired"
+    code = "timer_void"
+    title = "The deadline has nothing to do in this deployment"
 
-    def __init__(self, timer_id: str) -> None:
-        super().__init__(f"timer {timer_id} is no longer pending")
+    def __init__(self, timer_id: str, why: str) -> None:
+        super().__init__(f"timer {timer_id}: {why}")
         self.timer_id = timer_id
 
 

@@ -16,7 +16,7 @@ from workflow.domain.errors import (
     DomainError,
     IdempotencyKeyReused,
     InvalidPayload,
-    TimerNotPending,
+    TimerVoid,
     UnknownCase,
     VersionConflict,
 )
@@ -117,8 +117,8 @@ class TransitionService:
         timer_id: str | None = None,
     ) -> FireResult:
         """``timer_id``: the fire of that deadline (the timer service's): it takes the timer in
-        its transaction, and is refused with ``TimerNotPending`` if the case's move cancelled it
-        after beat claimed it."""
+        its transaction, and is refused with ``TimerVoid`` if the case's move cancelled it after
+        beat claimed it, or if another deployment serves the case's owner office."""
         request = _Request(
             case_id, trigger, actor, payload, expected_version, idempotency_key, request_id, timer_id=timer_id
         )
@@ -191,8 +191,8 @@ class TransitionService:
             case = self._load(uow, request)
             now = self._clock.now()
             # Before the fire's own writes, which may cancel the timer as the case leaves its state.
-            if request.timer_id is not None and not uow.timers.take(request.timer_id, case.id, now):
-                raise TimerNotPending(request.timer_id)
+            if request.timer_id is not None:
+                _take_timer(uow, request.timer_id, case, now)
             fired = self._apply(uow, case, request, FireContext(request.actor, now, self._programme))
             (uow.cases.add if fired.from_state == LIFECYCLE.initial else uow.cases.update)(case, now)
             uow.history.append(_history_entry(case, fired, request, now))
@@ -243,6 +243,17 @@ class TransitionService:
                     raise InvalidPayload(f"unknown office {office!r}")
         uow.cases.load_parts(case, transition.needs)
         return machine.fire(case, request.trigger, payload, ctx)
+
+
+def _take_timer(uow: UnitOfWork, timer_id: str, case: Case, now: Any) -> None:
+    """A deadline fires where the case's owner office is served: the origin's deployment until
+    the destination accepts a handover, the destination's after. Both deployments hold a copy
+    of a handed-over case, and each copy's moves arm the same deadlines; the other copy's are
+    void (one escalation, from the deployment that owns the case)."""
+    if uow.inbound.served_here(case.owner_office) is False:
+        raise TimerVoid(timer_id, f"office {case.owner_office} is served by another deployment")
+    if not uow.timers.take(timer_id, case.id, now):
+        raise TimerVoid(timer_id, "no longer pending")
 
 
 def _replay(uow: UnitOfWork, key: str, digest: str) -> FireResult | None:
