@@ -71,7 +71,7 @@ def signed(
     app: App, body: bytes, key: str | None = "delivery-1", secret: str = SECRET, skew: float = 0
 ) -> dict[str, str]:
     timestamp = str(int(app.clock.now().timestamp() + skew))
-    headers = {"X-AVRR-Timestamp": timestamp, "X-AVRR-Signature": sign(secret, timestamp, body)}
+    headers = {"X-AVRR-Timestamp": timestamp, "X-AVRR-Signature": sign(secret, timestamp, body, key or "")}
     return headers | ({"Idempotency-Key": key} if key is not None else {})
 
 

@@ -197,7 +197,7 @@ def test_the_seed_familys_case_is_handed_over_between_two_deployments_and_accept
         headers={
             "Content-Type": "application/json",
             "X-AVRR-Timestamp": timestamp,
-            "X-AVRR-Signature": sign(SECRET, timestamp, body),
+            "X-AVRR-Signature": sign(SECRET, timestamp, body, key),
             "Idempotency-Key": key,
             "X-AVRR-Event": "HandoverSent",
         },

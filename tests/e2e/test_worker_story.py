@@ -145,7 +145,12 @@ def test_the_seed_story_reaches_every_family_member_office_and_the_other_deploym
     (handover,) = pipeline.receiver.requests
     headers = {k.lower(): v for k, v in handover.headers.items()}
     verify_signature(
-        SECRET, headers["x-avrr-timestamp"], handover.body, headers["x-avrr-signature"], SystemClock().now()
+        SECRET,
+        headers["x-avrr-timestamp"],
+        handover.body,
+        headers["x-avrr-signature"],
+        SystemClock().now(),
+        key=headers["idempotency-key"],
     )
     assert json.loads(handover.body)["case_id"] == case_id
 

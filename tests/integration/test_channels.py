@@ -473,13 +473,16 @@ def test_a_webhook_arrives_signed_and_its_signature_verifies(receiver: Receiver)
     assert got.headers["Idempotency-Key"] == "evt-9/deliver_handover:handover_package:destination"
     assert got.headers["X-AVRR-Event"] == "handover_package"
     assert got.headers["Content-Type"] == "application/json"
-    assert got.headers["X-AVRR-Signature"].startswith("v1=")
+    assert got.headers["X-AVRR-Signature"].startswith("v2=")
     timestamp, signature = got.headers["X-AVRR-Timestamp"], got.headers["X-AVRR-Signature"]
-    verify_signature(SECRET, timestamp, got.body, signature, clock.now() + timedelta(seconds=2))
+    key = got.headers["Idempotency-Key"]
+    verify_signature(SECRET, timestamp, got.body, signature, clock.now() + timedelta(seconds=2), key=key)
     with pytest.raises(SignatureMismatch):
-        verify_signature(SECRET, timestamp, got.body.replace(b"c-1", b"c-2"), signature, clock.now())
+        verify_signature(SECRET, timestamp, got.body.replace(b"c-1", b"c-2"), signature, clock.now(), key=key)
+    with pytest.raises(SignatureMismatch):  # sent again as another delivery
+        verify_signature(SECRET, timestamp, got.body, signature, clock.now(), key="another-delivery")
     with pytest.raises(StaleSignature):
-        verify_signature(SECRET, timestamp, got.body, signature, clock.now() + timedelta(minutes=6))
+        verify_signature(SECRET, timestamp, got.body, signature, clock.now() + timedelta(minutes=6), key=key)
 
 
 @pytest.mark.parametrize(

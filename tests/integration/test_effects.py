@@ -307,7 +307,12 @@ def test_the_handover_package_reaches_another_deployment_signed_and_without_lega
         == {k.lower(): v for k, v in receiver.requests[0].headers.items()}["idempotency-key"]
     )
     verify_signature(
-        SECRET, headers["x-avrr-timestamp"], request.body, headers["x-avrr-signature"], SystemClock().now()
+        SECRET,
+        headers["x-avrr-timestamp"],
+        request.body,
+        headers["x-avrr-signature"],
+        SystemClock().now(),
+        key=headers["idempotency-key"],
     )
     package = json.loads(request.body)
     assert package["case_id"] == case_id and package["destination_office"] == "kyiv"

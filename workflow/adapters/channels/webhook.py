@@ -1,4 +1,5 @@
-"""Signed webhooks: HMAC-SHA256 over timestamp and body, posted over HTTP and verified on receipt."""
+"""Signed webhooks: HMAC-SHA256 over timestamp, idempotency key and body, posted over HTTP and
+verified on receipt."""
 
 from __future__ import annotations
 
@@ -45,10 +46,13 @@ def _key(secret: bytes | str) -> bytes:
     return secret.encode() if isinstance(secret, str) else secret
 
 
-def sign(secret: bytes | str, timestamp: str, body: bytes) -> str:
-    """The ``X-AVRR-Signature`` value: ``v1=`` and the hex HMAC-SHA256 of ``timestamp.body``."""
-    digest = hmac.new(_key(secret), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
-    return f"v1={digest.hexdigest()}"
+def sign(secret: bytes | str, timestamp: str, body: bytes, key: str) -> str:
+    """The ``X-AVRR-Signature`` value: ``v2=`` and the hex HMAC-SHA256 of the timestamp, the
+    ``Idempotency-Key`` and the body, each ended by a newline but the body (neither a timestamp
+    nor a header value holds one, so no two requests sign the same bytes). The key is signed so
+    that a captured request cannot be sent again within the window as another delivery."""
+    signed = timestamp.encode("ascii") + b"\n" + key.encode("utf-8") + b"\n" + body
+    return f"v2={hmac.new(_key(secret), signed, hashlib.sha256).hexdigest()}"
 
 
 def verify_signature(
@@ -58,17 +62,22 @@ def verify_signature(
     signature: str,
     now: datetime,
     window_seconds: int = DEFAULT_WINDOW_SECONDS,
+    *,
+    key: str,
 ) -> None:
-    """Return if the request is authentic and fresh; raise a ``SignatureRejected`` otherwise."""
+    """Return if the request is authentic and fresh; raise a ``SignatureRejected`` otherwise.
+    ``key``: the request's ``Idempotency-Key``, as received."""
     if not _TIMESTAMP.fullmatch(timestamp):
         raise MalformedSignature("the timestamp is not a whole number of Unix seconds")
-    if not signature.startswith("v1="):
-        raise MalformedSignature("the signature is not a v1 signature")
+    if not signature.startswith("v2="):
+        raise MalformedSignature("the signature is not a v2 signature")
+    if "\n" in key:
+        raise MalformedSignature("the idempotency key holds a line break")
     if abs(now.timestamp() - int(timestamp)) > window_seconds:
         raise StaleSignature(f"the timestamp is more than {window_seconds}s away from now")
-    expected = sign(secret, timestamp, body).encode()
+    expected = sign(secret, timestamp, body, key).encode()
     if not hmac.compare_digest(expected, signature.strip().encode("utf-8", "replace")):
-        raise SignatureMismatch("the signature does not match the body and timestamp")
+        raise SignatureMismatch("the signature does not match the timestamp, key and body")
 
 
 class WebhookChannel:
@@ -88,7 +97,7 @@ class WebhookChannel:
         timestamp = str(int(self._clock.now().timestamp()))
         headers = {
             TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+            SIGNATURE_HEADER: sign(self._secret, timestamp, body, message.idempotency_key),
             IDEMPOTENCY_HEADER: message.idempotency_key,
             EVENT_HEADER: message.subject,
         }

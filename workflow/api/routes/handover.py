@@ -50,8 +50,9 @@ BODY: dict[str, Any] = {
     summary="Receive a handover package or a handover decision from another deployment",
     description=(
         f"Signed, not token-authenticated: `{TIMESTAMP_HEADER}` (Unix seconds, within the window) and "
-        f"`{SIGNATURE_HEADER}` (`v1=` HMAC-SHA256 of `timestamp.body` with the shared handover "
-        f"secret). `{IDEMPOTENCY_HEADER}` is required: the same key and body answer as the first "
+        f"`{SIGNATURE_HEADER}` (`v2=` hex HMAC-SHA256, with the shared handover secret, of the "
+        f"timestamp, a line feed, the `{IDEMPOTENCY_HEADER}`, a line feed and the body). "
+        f"`{IDEMPOTENCY_HEADER}` is required and signed: the same key and body answer as the first "
         "time and change nothing; the same key with another body answers 409. A package "
         f"(`{PACKAGE}`) opens the case here in `handover_pending` for the destination office; a "
         f"decision (`{DECISION}`) fires `accept_handover` or `refuse_handover` on the origin's case "
@@ -82,7 +83,9 @@ async def receive(
     if secret is None:
         raise ApiProblem("bad_signature", "this deployment has no handover secret configured")
     try:
-        verify_signature(secret, timestamp or "", body, signature or "", eng.app.clock.now())
+        verify_signature(
+            secret, timestamp or "", body, signature or "", eng.app.clock.now(), key=idempotency_key or ""
+        )
     except SignatureRejected as refused:
         log.warning("handover.signature_rejected", reason=type(refused).__name__)
         raise ApiProblem("bad_signature", str(refused)) from None
