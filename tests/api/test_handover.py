@@ -217,6 +217,40 @@ def test_a_package_for_a_case_that_exists_here_is_refused(app: App, client: Test
     assert len(inbound_rows(app)) == 1
 
 
+def test_a_handover_sent_again_after_a_refusal_is_pending_here_again(app: App, client: TestClient) -> None:
+    """Kyiv refused; Tallinn fixed the journey and sent the handover again (a new event, a new
+    key). Kyiv's copy, left in arrived by the refusal, is pending again with the new journey and
+    the same household, and Kyiv's staff can accept it."""
+    served_elsewhere(app, "tallinn")
+    first = package()
+    case_id = post(client, app, first).json()["case_id"]
+    kyiv = bearer(app, "kyiv")
+    refused = client.post(
+        f"/cases/{case_id}/transitions/refuse_handover",
+        headers={**kyiv, "If-Match": '"1"'},
+        json={"reason": "the route is not the one agreed"},
+    )
+    assert refused.status_code == 200 and refused.json()["to_state"] == "arrived"
+
+    again = package(case_id, journey={"departure_on": "2026-11-20", "route": "TLL-IST-KBP"})
+    response = post(client, app, again, key="delivery-2")
+
+    assert response.status_code == 200, response.json()
+    case = client.get(f"/cases/{case_id}", headers=kyiv).json()
+    assert (case["state"], case["owner_office"]) == ("handover_pending", "tallinn")
+    with app.db.connect() as conn:
+        assert conn.scalar(select(tb.cases.c.route).where(tb.cases.c.id == case_id)) == "TLL-IST-KBP"
+    assert [m["id"] for m in case["members"]] == [m["id"] for m in first["household"]]
+    assert [t["name"] for t in case["timers"]] == ["handover_acknowledgement"]
+    history = client.get(f"/cases/{case_id}/history", headers=kyiv).json()
+    triggers = [h["trigger"] for h in history]
+    assert triggers == ["receive_handover", "refuse_handover", "receive_handover_again"]
+    accepted = client.post(
+        f"/cases/{case_id}/transitions/accept_handover", headers={**kyiv, "If-Match": '"3"'}
+    )
+    assert accepted.status_code == 200 and accepted.json()["to_state"] == "handed_over"
+
+
 @pytest.mark.postgres
 def test_concurrent_deliveries_of_one_key_open_one_case_and_answer_alike(pg_app: App) -> None:
     served_elsewhere(pg_app, "tallinn")

@@ -129,6 +129,14 @@ class Case:
         ]
         self.changes.append(MembersAdded(tuple(self.members)))
 
+    def receive_handover_again(self, payload: p.ReceiveHandover, ctx: FireContext) -> None:
+        """The journey and language as the new package has them. The household stays as first
+        received: its members are the same people (the origin sends their ids); what changed for
+        them reaches this office with its staff's next contact."""
+        self.language = payload.language
+        self.departure_on, self.route = payload.departure_on, payload.route
+        self.arrived_on = payload.arrived_on
+
     def accept_handover(self, payload: Any, ctx: FireContext) -> None:
         self.owner_office = self.destination_office
 

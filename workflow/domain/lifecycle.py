@@ -294,6 +294,17 @@ TRANSITIONS = (
         doc="Opens, in the destination's deployment, a case another deployment handed over "
         "(same case id); fired by the origin office's automation when its signed package arrives.",
     ),
+    _t(
+        "receive_handover_again",
+        "arrived",
+        "handover_pending",
+        [SYSTEM],
+        "HandoverReceived",
+        payload=p.ReceiveHandover,
+        effect="receive_handover_again",
+        doc="The origin sends again a handover the destination refused: the destination's copy "
+        "(left in arrived by the refusal) is pending again, its journey as the new package has it.",
+    ),
     _t("escalate_handover", "handover_pending", SAME, [SYSTEM], "HandoverEscalated", restart_timers=True),
     _t(
         "accept_handover",

@@ -24,6 +24,7 @@ from workflow.service_layer.transitions import MAX_KEY, TransitionService
 log = structlog.get_logger(__name__)
 
 RECEIVE = "receive_handover"
+RECEIVE_AGAIN = "receive_handover_again"  # the package of a handover this deployment refused before
 DECIDE = {"accepted": "accept_handover", REFUSED: "refuse_handover"}
 MEMBER_FIELDS = ("id", "full_name", "date_of_birth", "relationship", "phone", "email")
 ATTEMPTS = 3  # a local fire racing the delivery moves the case first: read it again and retry
@@ -67,6 +68,8 @@ class HandoverInbox:
         kind = "handover_package" if isinstance(document, Package) else "handover_decision"
         delivery = InboundDelivery(key, kind, document.case_id, sender, digest, self._clock.now())
         trigger, payload = _fire_of(document)
+        if trigger == RECEIVE and self._known(document.case_id):
+            trigger = RECEIVE_AGAIN
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 self._transitions.receive(
@@ -89,6 +92,10 @@ class HandoverInbox:
         if prior.body_digest != digest:
             raise IdempotencyKeyReused(key)
         return Received(prior, replayed=True)
+
+    def _known(self, case_id: str) -> bool:
+        with self._uow() as uow:
+            return uow.cases.get(case_id) is not None
 
     def _check_offices(self, sender: str, addressee: str | None) -> None:
         with self._uow() as uow:
