@@ -396,8 +396,10 @@ def _loop(
             # Rows stay unsent; they go out when the broker (or database) is back.
             log.warning("relay.unavailable", error=type(exc).__name__, retry_in=backoff)
             stop.wait(backoff)
-            # At most 20 s: with the failed try's own time, under the 30 s after which
-            # `avrr relay --check` calls a heartbeat stale.
+            # At most 20 s, under the 30 s after which `avrr relay --check` calls a heartbeat
+            # stale. A publish stuck on a Redis host gone silent can still take longer (its
+            # socket timeout, 30 s, per try): the check then fails and a supervisor restarts the
+            # relay, whose rows wait unsent meanwhile.
             backoff = min(backoff * 2, MAX_BACKOFF)
             continue
         if moved < relay.batch_size:  # a full batch may have more behind it: go on at once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -49,6 +50,7 @@ def _runner() -> EffectRunner:
 
 
 _INHERITED: list[object] = []
+REQUEUE_PAUSE = 5.0  # seconds at most, before a retry that could not be published is requeued
 
 
 @signals.worker_process_init.connect
@@ -117,6 +119,11 @@ def _retry(task: Task, **options: Any) -> NoReturn:
         if refused.requeue:
             raise
         log.warning("task.retry_not_sent", error=type(refused.reason).__name__)
+        # The requeued message comes back at once, without the retry's countdown: a short
+        # pause stands in for it, so a broker that fails for a moment does not spend the
+        # job's attempts (jobs.attempts) within seconds. If the broker is wholly away, the
+        # requeue fails too and Redis hands the message out again after its visibility timeout.
+        time.sleep(min(float(options.get("countdown") or 0.0), REQUEUE_PAUSE))
         raise Reject(refused.reason, requeue=True) from None
 
 

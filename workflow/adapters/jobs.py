@@ -82,6 +82,8 @@ class EventLocks:
         # A kept connection the server ended (a restart, a failover) fails its first statement
         # while the database is back: a fresh one is tried before running unlocked, as a copy
         # of this message, published again by a relay the same restart interrupted, may run now.
+        # The pool's idle connections date from before the restart too: they are closed, so
+        # the second try opens a new one.
         for last_try in (False, True):
             try:
                 cursor = self._cursor()
@@ -90,7 +92,9 @@ class EventLocks:
                 break
             except (psycopg.Error, DBAPIError) as exc:
                 self._drop()
-                if last_try:  # the database is away: the run meets it and retries
+                if not last_try:
+                    self._db.pool.dispose()  # idle connections only; the pool stays in use
+                else:  # the database is away: the run meets it and retries
                     log.warning("event_locks.unavailable", error=type(exc).__name__)
                     yield set(event_ids)
                     return

@@ -49,9 +49,10 @@ class SqlTimerStore:
         return [DueTimer(r.id, r.case_id, r.name, r.fires_trigger, r.due_at) for r in rows]
 
     def mark_fired(self, timer_id: str, now: datetime) -> None:
-        # The fire marked it already (SqlTimerClaims); this marks a timer whose fire committed
-        # before fires took their timer, found again by its idempotency key. A timer the case's
-        # move cancelled stays cancelled.
+        # The fire marked it already (SqlTimerClaims); this only marks a still pending timer
+        # whose fire committed before fires took their timer (found again by its idempotency
+        # key). A timer cancelled meanwhile, by that fire leaving its state or by another move,
+        # stays cancelled.
         with writing(self._engine) as conn:
             conn.execute(
                 update(tb.timers)
