@@ -220,21 +220,15 @@ class Waker:
             self._url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
             self._listen()
 
-    @property
-    def listening(self) -> bool:
-        return self._conn is not None
-
     def _listen(self) -> bool:
         assert self._url is not None
+        conn: psycopg.Connection[object] | None = None
         try:
             conn = psycopg.connect(self._url, autocommit=True, **LISTEN_OPTIONS)
-        except psycopg.Error as exc:
-            log.warning("relay.listen_unavailable", error=type(exc).__name__, poll_every=self._interval)
-            return False
-        try:
             conn.execute(f"LISTEN {CHANNEL}")
         except psycopg.Error as exc:
-            conn.close()
+            if conn is not None:
+                conn.close()
             log.warning("relay.listen_unavailable", error=type(exc).__name__, poll_every=self._interval)
             return False
         self._conn = conn
@@ -358,52 +352,38 @@ def run(
     if heartbeat is not None:
         heartbeat.parent.mkdir(parents=True, exist_ok=True)
     log.info("relay.started", database=db.dialect.name)
-    try:
-        _loop(relay, sweep, gate, waker, stop, interval, heartbeat, sweep_every, linger)
-    finally:
-        waker.close()
-        gate.close()
-
-
-def _loop(
-    relay: OutboxRelay,
-    sweep: Sweeper,
-    gate: QueueGate,
-    waker: Waker,
-    stop: threading.Event,
-    interval: float,
-    heartbeat: Path | None,
-    sweep_every: float,
-    linger: float,
-) -> None:
     backoff = interval
     next_sweep = time.monotonic() + sweep_every
     last_round = -math.inf
-    while not stop.is_set():
-        if heartbeat is not None:
-            heartbeat.touch()
-        gate.wait(stop)
-        if (gap := last_round + linger - time.monotonic()) > 0 and stop.wait(gap):
-            break
-        last_round = time.monotonic()
-        try:
-            moved = relay.relay_once()
-            if time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + sweep_every
-                sweep()
-            backoff = interval
-        except (BrokerError, BatchPublishError, DatabaseError) as exc:
-            # Rows stay unsent; they go out when the broker (or database) is back.
-            log.warning("relay.unavailable", error=type(exc).__name__, retry_in=backoff)
-            stop.wait(backoff)
-            # At most 20 s, under the 30 s after which `avrr relay --check` calls a heartbeat
-            # stale. A publish stuck on a Redis host gone silent can still take longer (its
-            # socket timeout, 30 s, per try): the check then fails and a supervisor restarts the
-            # relay, whose rows wait unsent meanwhile.
-            backoff = min(backoff * 2, MAX_BACKOFF)
-            continue
-        if moved < relay.batch_size:  # a full batch may have more behind it: go on at once
-            waker.wait()
+    try:
+        while not stop.is_set():
+            if heartbeat is not None:
+                heartbeat.touch()
+            gate.wait(stop)
+            if (gap := last_round + linger - time.monotonic()) > 0 and stop.wait(gap):
+                break
+            last_round = time.monotonic()
+            try:
+                moved = relay.relay_once()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + sweep_every
+                    sweep()
+                backoff = interval
+            except (BrokerError, BatchPublishError, DatabaseError) as exc:
+                # Rows stay unsent; they go out when the broker (or database) is back.
+                log.warning("relay.unavailable", error=type(exc).__name__, retry_in=backoff)
+                stop.wait(backoff)
+                # At most 20 s, under the 30 s after which `avrr relay --check` calls a heartbeat
+                # stale. A publish stuck on a Redis host gone silent can still take longer (its
+                # socket timeout, 30 s, per try): the check then fails and a supervisor restarts the
+                # relay, whose rows wait unsent meanwhile.
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            if moved < relay.batch_size:  # a full batch may have more behind it: go on at once
+                waker.wait()
+    finally:
+        waker.close()
+        gate.close()
 
 
 def main() -> None:
