@@ -20,7 +20,7 @@ from sqlalchemy import func, select, text
 
 from config.celery import celery_config
 from tests.integration.processes import QUEUE, RedisServer, queued_jobs, start_worker, stop, wait_for
-from tests.servers import smtp_server
+from tests.servers import Inbox, smtp_server
 from tests.support import advance_to, jobs_of, register
 from workers import relay
 from workers.jobs import EVENTS_TASK, event_args, send_events
@@ -62,6 +62,32 @@ def _unsent(app: App) -> int:
         return int(conn.scalar(select(func.count()).select_from(tb.outbox).where(o.sent_at.is_(None))) or 0)
 
 
+@contextmanager
+def _worker_and_mail(
+    pg_url: str, redis_server: RedisServer, tmp_path: Path, concurrency: int, **inbox_settings: object
+) -> Iterator[tuple[Inbox, Path]]:
+    """An SMTP server (its inbox set up as given) and a real `celery worker` on the test's
+    database and Redis; yields the inbox and the worker's log, and stops the worker after."""
+    with smtp_server() as (smtp, inbox):
+        for name, value in inbox_settings.items():
+            setattr(inbox, name, value)
+        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
+        log = tmp_path / "worker.log"
+        worker = start_worker(pg_url, redis_server.url(), log, concurrency, env)
+        try:
+            yield inbox, log
+        finally:
+            stop(worker, 30)
+
+
+def _received_once_done(app: App, inbox: Inbox, jobs: int, timeout: float) -> Counter[str]:
+    """Once ``jobs`` jobs are done (and a second more, time for a duplicate to run), the
+    e-mails received, by Message-ID."""
+    wait_for(lambda: sum(r[2] == "done" for r in _jobs(app)) == jobs, timeout, f"{jobs} jobs done")
+    time.sleep(1.0)  # a duplicate would have run by now
+    return Counter(str(m["Message-ID"]) for m in inbox.received())
+
+
 def test_a_backlog_goes_packed_runs_each_case_in_order_and_retries_an_event_on_its_own(
     pg_app: App, pg_url: str, redis_server: RedisServer, celery: Celery, tmp_path: Path
 ) -> None:
@@ -79,17 +105,9 @@ def test_a_backlog_goes_packed_runs_each_case_in_order_and_retries_an_event_on_i
     assert sorted(args[0] for args in queued) == sorted(e.event_id for e in events)  # each once
     assert messages < len(events)
 
-    with smtp_server() as (smtp, inbox):
-        inbox.rcpt_next = {FAMILY: ["451 4.3.0 try again later"]}  # the first e-mail to the family
-        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
-        log = tmp_path / "worker.log"
-        worker = start_worker(pg_url, redis_server.url(), log, 2, env)
-        try:
-            wait_for(lambda: sum(r[2] == "done" for r in _jobs(pg_app)) == expected, 60, "every job done")
-            time.sleep(1.0)  # a duplicate would have run by now
-            received = Counter(str(m["Message-ID"]) for m in inbox.received())
-        finally:
-            stop(worker, 30)
+    refused_once = {FAMILY: ["451 4.3.0 try again later"]}  # the first e-mail to the family
+    with _worker_and_mail(pg_url, redis_server, tmp_path, 2, rcpt_next=refused_once) as (inbox, log):
+        received = _received_once_done(pg_app, inbox, expected, 60)
     ran = _jobs(pg_app)
     assert len(ran) == expected and {r[2] for r in ran} == {"done"}
     assert sorted(r[3] for r in ran) == [1] * (expected - 1) + [2]  # the refused e-mail, once more
@@ -114,16 +132,10 @@ def test_an_event_that_fails_for_good_does_not_stop_the_others_of_its_message(
     with celery.producer_or_acquire() as producer:
         send_events(celery, [first, lost, last], producer)
     assert redis_server.client().llen(QUEUE) == 1
-    with smtp_server() as (smtp, _):
-        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
-        log = tmp_path / "worker.log"
-        worker = start_worker(pg_url, redis_server.url(), log, 1, env)
-        try:
-            mine = {first.event_id, last.event_id}
-            total = len(jobs_of(pg_app, case))
-            wait_for(lambda: "JobsDeadLettered" in log.read_text(errors="replace"), 60, "the task's failure")
-        finally:
-            stop(worker, 30)
+    with _worker_and_mail(pg_url, redis_server, tmp_path, 1) as (_, log):
+        mine = {first.event_id, last.event_id}
+        total = len(jobs_of(pg_app, case))
+        wait_for(lambda: "JobsDeadLettered" in log.read_text(errors="replace"), 60, "the task's failure")
     with pg_app.db.connect() as conn:
         states = dict(conn.execute(select(j.event_id, j.status).where(j.event_id.in_(mine))).all())
         filed = conn.scalars(select(tb.dead_letters.c.event_id)).all()
@@ -245,17 +257,8 @@ def test_a_packed_message_cut_by_the_soft_time_limit_retries_that_event_and_send
     # task sends on have the configured 60 s).
     args = [event_args(e) for e in events]
     celery.send_task(EVENTS_TASK, args=args, soft_time_limit=2, time_limit=30)
-    with smtp_server() as (smtp, inbox):
-        inbox.rcpt_delays = [4.0]
-        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
-        log = tmp_path / "worker.log"
-        worker = start_worker(pg_url, redis_server.url(), log, 1, env)
-        try:
-            wait_for(lambda: sum(r[2] == "done" for r in _jobs(pg_app)) == 3, 60, "the three jobs done")
-            time.sleep(1.0)  # a duplicate would have run by now
-            received = Counter(str(m["Message-ID"]) for m in inbox.received())
-        finally:
-            stop(worker, 30)
+    with _worker_and_mail(pg_url, redis_server, tmp_path, 1, rcpt_delays=[4.0]) as (inbox, log):
+        received = _received_once_done(pg_app, inbox, 3, 60)
     attempts = {r[1]: r[3] for r in _jobs(pg_app)}
     assert attempts == {events[0].event_id: 2, events[1].event_id: 1, events[2].event_id: 1}
     assert len(received) == 3 and set(received.values()) == {1}
@@ -315,18 +318,9 @@ def test_two_copies_of_a_message_in_two_worker_processes_run_each_event_once(
             send_events(celery, events)
         else:
             celery.send_task("avrr.events.handle", args=[events[0].event_id, events[0].event_type, cases[0]])
-    with smtp_server() as (smtp, inbox):
-        inbox.rcpt_delays = [5.0]
-        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
-        log = tmp_path / "worker.log"
-        worker = start_worker(pg_url, redis_server.url(), log, 2, env)
-        try:
-            wait_for(lambda: sum(r[2] == "done" for r in _jobs(pg_app)) == len(events), 60, "every job done")
-            wait_for(lambda: not queued_jobs(redis_server.client()), 30, "both copies taken")
-            time.sleep(1.0)  # a duplicate would have run by now
-            received = Counter(str(m["Message-ID"]) for m in inbox.received())
-        finally:
-            stop(worker, 30)
+    with _worker_and_mail(pg_url, redis_server, tmp_path, 2, rcpt_delays=[5.0]) as (inbox, log):
+        received = _received_once_done(pg_app, inbox, len(events), 60)
+        wait_for(lambda: not queued_jobs(redis_server.client()), 30, "both copies taken")
     assert {r[1]: r[3] for r in _jobs(pg_app)} == {e.event_id: 1 for e in events}
     assert len(received) == len(events) and set(received.values()) == {1}
     text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
@@ -347,23 +341,15 @@ def test_a_packed_message_killed_by_the_hard_time_limit_goes_back_and_runs_again
     cases = [register(pg_app).case_id for _ in range(3)]
     events = _events(pg_app)
     assert [e.case_id for e in events] == cases
-    with smtp_server() as (smtp, inbox):
-        env = {"AVRR_SMTP_PORT": str(smtp.port), "AVRR_SMS_SINK": str(tmp_path / "sms.jsonl")}
-        log = tmp_path / "worker.log"
-        worker = start_worker(pg_url, redis_server.url(), log, 1, env)
-        try:
-            wait_for(lambda: "ready." in log.read_text(errors="replace"), 30, "the worker ready")
-            with pg_app.db.connect() as holder:
-                holder.exec_driver_sql("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
-                args = [event_args(e) for e in events]
-                celery.send_task(EVENTS_TASK, args=args, soft_time_limit=2, time_limit=4)
-                time.sleep(7.0)
-                holder.rollback()
-            wait_for(lambda: sum(r[2] == "done" for r in _jobs(pg_app)) == 3, 90, "the three jobs done")
-            time.sleep(1.0)  # a duplicate would have run by now
-            received = Counter(str(m["Message-ID"]) for m in inbox.received())
-        finally:
-            stop(worker, 30)
+    with _worker_and_mail(pg_url, redis_server, tmp_path, 1) as (inbox, log):
+        wait_for(lambda: "ready." in log.read_text(errors="replace"), 30, "the worker ready")
+        with pg_app.db.connect() as holder:
+            holder.exec_driver_sql("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+            args = [event_args(e) for e in events]
+            celery.send_task(EVENTS_TASK, args=args, soft_time_limit=2, time_limit=4)
+            time.sleep(7.0)
+            holder.rollback()
+        received = _received_once_done(pg_app, inbox, 3, 90)
     assert len(received) == 3 and set(received.values()) == {1}
     with pg_app.db.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(tb.dead_letters)) == 0
