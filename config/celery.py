@@ -16,6 +16,8 @@ RETRY_BACKOFF_MAX = 120
 
 
 TIMER_POLL_SECONDS = 10.0
+# A Redis command that gets no answer fails after this many seconds (see the transport options).
+BROKER_SOCKET_TIMEOUT = 30.0
 # Prefork processes per worker, with a broker server: two per CPU. A job spends most of its time
 # waiting (PostgreSQL commits, the SMTP server, a webhook), so with one process per CPU the CPUs
 # idle while jobs queue. bench/pipeline.py, mixed workload at 100 transitions/s on 2 CPUs, p50 of
@@ -26,7 +28,10 @@ WORKER_CONCURRENCY = 2 * (os.cpu_count() or 1)
 
 
 def celery_config(
-    broker_url: str | None, data_dir: Path = Path("var"), timer_poll_seconds: float = TIMER_POLL_SECONDS
+    broker_url: str | None,
+    data_dir: Path = Path("var"),
+    timer_poll_seconds: float = TIMER_POLL_SECONDS,
+    broker_socket_timeout: float = BROKER_SOCKET_TIMEOUT,
 ) -> dict[str, Any]:
     embedded = not broker_url
     broker_dir = data_dir / "broker"
@@ -46,12 +51,13 @@ def celery_config(
             # Redis re-delivers an unacknowledged message after this many seconds; above the
             # hard time limit, so a slow job is never handed to a second worker while it runs.
             # A Redis host gone silent (no reset: a partition, a lost VM) fails a command after
-            # 30 s, not after the kernel's retransmissions (about 15 minutes), so the relay
-            # rolls its batch back (releasing the rows it holds) and tries again; keepalives
-            # find a dead idle connection. Both far above a worker's 1 s BRPOP.
+            # broker_socket_timeout (30 s, AVRR_BROKER_SOCKET_TIMEOUT), not after the kernel's
+            # retransmissions (about 15 minutes), so the relay rolls its batch back (releasing
+            # the rows it holds) and tries again; keepalives find a dead idle connection. Both
+            # far above a worker's 1 s BRPOP.
             else {
                 "visibility_timeout": TASK_TIME_LIMIT * 4,
-                "socket_timeout": 30,
+                "socket_timeout": broker_socket_timeout,
                 "socket_connect_timeout": 5,
                 "socket_keepalive": True,
             }

@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     environment: Literal["development", "test", "production"] = "development"
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str | None = None
+    # Seconds a Redis command may go unanswered (config/celery.py); above a worker's 1 s BRPOP.
+    broker_socket_timeout: float = Field(default=30.0, ge=5, le=300)
     secret_key: SecretStr = SecretStr(DEV_SECRET)
     log_level: str = "INFO"
     log_json: bool | None = None  # default: console in development, JSON elsewhere

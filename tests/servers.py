@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import socket
@@ -104,3 +105,59 @@ def http_receiver(path: str = "/inbound") -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class SilentProxy:
+    """A TCP proxy to ``port`` on this host that can go silent: while silent it keeps every
+    connection open and accepts new ones, but forwards nothing either way (a partition, a host
+    lost without a reset). Bytes sent meanwhile are dropped."""
+
+    def __init__(self, port: int) -> None:
+        self._upstream = port
+        self.silent = False
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._server.getsockname()[1])
+        self._sockets: list[socket.socket] = [self._server]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._upstream))
+            except OSError:
+                client.close()
+                continue
+            self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                if not self.silent:
+                    target.sendall(data)
+        except OSError:
+            pass
+        for end in (source, target):  # one side closed: so does the other
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed = True
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@contextmanager
+def silent_proxy(port: int) -> Iterator[SilentProxy]:
+    proxy = SilentProxy(port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()

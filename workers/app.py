@@ -17,7 +17,9 @@ DATA_DIR = Path("var")
 
 def make_celery() -> Celery:
     settings = get_settings()
-    config = celery_config(settings.broker_url, DATA_DIR, settings.timer_poll_seconds)
+    config = celery_config(
+        settings.broker_url, DATA_DIR, settings.timer_poll_seconds, settings.broker_socket_timeout
+    )
     for key in ("data_folder_in", "processed_folder", "control_folder"):
         if key in config["broker_transport_options"]:
             Path(config["broker_transport_options"][key]).mkdir(parents=True, exist_ok=True)

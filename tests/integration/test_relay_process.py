@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from sqlalchemy import func, select, text
 
-from tests.integration.processes import RedisServer, spawn, start_relay, stop, wait_for
+from tests.integration.processes import RedisServer, queued_jobs, spawn, start_relay, stop, wait_for
+from tests.servers import silent_proxy
 from tests.support import advance_to, register
 from workflow.adapters import tables as tb
 from workflow.bootstrap import App
@@ -80,3 +82,30 @@ def test_a_relay_whose_listen_session_the_server_ends_goes_on_and_listens_again(
         stop(relay)
     text_ = log.read_text(errors="replace")
     assert "relay.listen_lost" in text_ and second != first
+
+
+def test_a_relay_whose_redis_goes_silent_gives_up_the_batch_and_sends_it_once_redis_answers(
+    pg_app: App, pg_url: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The Redis host stops answering without a reset (a partition, a lost VM): the relay's
+    publish fails after the broker socket timeout instead of waiting for the kernel (about 15
+    minutes) with its rows locked; the transaction rolls back, the transitions committed
+    meanwhile wait unsent, and each goes out once when Redis answers again. No worker runs:
+    the queue shows what was published."""
+    log = tmp_path / "relay.log"
+    with silent_proxy(redis_server.port) as proxy:
+        patch = "app.conf.update(celery_config(broker_url, broker_socket_timeout=2))"
+        relay = start_relay(pg_url, f"redis://127.0.0.1:{proxy.port}/0", log, interval=0.5, patch=patch)
+        try:
+            first = register(pg_app).event_ids
+            wait_for(lambda: _unsent(pg_app) == 0, 30, "the relay to send the first row")
+            proxy.silent = True
+            later = [event for _ in range(3) for event in register(pg_app).event_ids]
+            wait_for(lambda: "relay.unavailable" in log.read_text(errors="replace"), 30, "a publish to fail")
+            assert _unsent(pg_app) == 3 and relay.poll() is None
+            proxy.silent = False
+            wait_for(lambda: _unsent(pg_app) == 0, 60, "the relay to send the rows once Redis answers")
+        finally:
+            stop(relay)
+    published = Counter(args[0] for args in queued_jobs(redis_server.client()))
+    assert published == Counter({event: 1 for event in (*first, *later)})
