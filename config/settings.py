@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     monitoring_interval_days: int = 90
     departure_reminder_days: int = Field(default=2, ge=0)  # the family is reminded this long before
 
+    # A transient failure's first retry waits 0.5-1 times this, each next one twice as long, at
+    # most 120 s (workers/tasks.py: backoff).
+    retry_base_seconds: float = Field(default=15.0, gt=0, le=120)
+
     # Timers: deadline rows in the database that beat claims when due (never broker ETAs).
     timer_poll_seconds: float = Field(default=10.0, gt=0)
     timer_batch_size: int = Field(default=100, gt=0)

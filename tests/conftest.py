@@ -21,6 +21,9 @@ from workflow.adapters.migrate import upgrade
 from workflow.adapters.views import ensure_office
 from workflow.bootstrap import App, bootstrap
 
+# Worker processes the tests start retry a transient failure after about a second (15 s in
+# production), so a test of retries and dead letters takes seconds, not minutes.
+os.environ.setdefault("AVRR_RETRY_BASE_SECONDS", "1")
 POSTGRES_ADMIN_URL = os.environ.get(
     "AVRR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

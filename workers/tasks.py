@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,12 +12,12 @@ from typing import Any, NoReturn
 import structlog
 from celery import Task, signals
 from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError as DatabaseError
 
 from config.celery import MAX_ATTEMPTS, RETRY_BACKOFF_MAX
+from config.settings import get_settings
 from workers.app import app
 from workers.jobs import send_event, send_events
 from workflow.adapters import metrics
@@ -127,11 +128,17 @@ def _retry(task: Task, **options: Any) -> NoReturn:
         raise Reject(refused.reason, requeue=True) from None
 
 
-def backoff(retries: int, retry_after: float | None = None) -> float:
-    """Exponential with full jitter (1 s, 2 s, 4 s ... up to the cap), or what the receiver asked."""
+def backoff(retries: int, retry_after: float | None = None, base: float | None = None) -> float:
+    """What the receiver asked, or exponential with equal jitter: the n-th retry waits between half
+    and all of ``base * 2**n`` seconds (AVRR_RETRY_BASE_SECONDS, 15: 7.5-15 s, 15-30 s, 30-60 s,
+    60-120 s, the cap). The MAX_ATTEMPTS - 1 retries of a job so span 1.9 to 3.75 minutes, enough
+    for an SMTP relay, an SMS gateway or the other deployment to restart; full jitter (0 to the
+    window) could spend them all within seconds. Jitter spreads the retries of the jobs an outage
+    failed together."""
     if retry_after is not None:
         return min(retry_after, RETRY_BACKOFF_MAX)
-    return float(get_exponential_backoff_interval(1, retries, RETRY_BACKOFF_MAX, full_jitter=True))
+    window = float(min(RETRY_BACKOFF_MAX, (base or get_settings().retry_base_seconds) * 2**retries))
+    return window / 2 + random.uniform(0, window / 2)
 
 
 @app.task(name="avrr.effects.run", base=EffectTask, bind=True, max_retries=MAX_ATTEMPTS - 1)

@@ -438,6 +438,18 @@ def test_a_key_already_in_the_sink_is_skipped_even_by_a_restarted_worker(tmp_pat
     assert lines_of(path)[1]["sent_at"] == FixedClock().now().isoformat()
 
 
+def test_a_sink_that_cannot_be_written_is_a_transient_failure_that_sends_once_writable(tmp_path: Path) -> None:
+    """A disk error (here: the sink's directory is a file) is retried, not dead-lettered at once."""
+    blocked = tmp_path / "var"
+    blocked.write_text("not a directory")
+    sink = FileSinkSms(blocked / "sms.jsonl")
+    with pytest.raises(TransientDeliveryError, match="SMS sink not written: "):
+        sink.send(sms("evt-1/a"))
+    blocked.unlink()
+    sink.send(sms("evt-1/a"))
+    assert [line["idempotency_key"] for line in lines_of(blocked / "sms.jsonl")] == ["evt-1/a"]
+
+
 def test_a_line_torn_by_a_dead_writer_neither_counts_as_sent_nor_corrupts_the_next(tmp_path: Path) -> None:
     path = tmp_path / "sms.jsonl"
     FileSinkSms(path).send(sms("evt-1/a"))

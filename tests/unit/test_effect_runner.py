@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from config.celery import MAX_ATTEMPTS
 from workers.tasks import backoff
 from workflow.adapters.templates import default_templates
 from workflow.domain.effects import EFFECTS, Effect
@@ -154,6 +155,33 @@ def test_a_channel_that_already_delivered_is_skipped_on_the_next_attempt() -> No
     assert store.closed == 2  # each run gave back what the store held, the failed one too
 
 
+def test_an_sms_the_gateway_refuses_does_not_keep_the_email_from_the_family() -> None:
+    """The gateway refuses the phone number for good: the e-mail still goes and is recorded, and
+    the job fails with the SMS's permanent error (filed; a replay tries the SMS only)."""
+    refused = PermanentDeliveryError("HTTP POST answered 400")
+    store, sms, email = Store(), Channel(fail_with=refused), Channel()
+    the_job = job("ReturnApproved", "notify_family:return_approved:origin")
+    with pytest.raises(PermanentDeliveryError) as raised:
+        runner(store, {SMS: sms, EMAIL: email}).run(the_job)
+    assert raised.value is refused
+    assert (len(email.sent), store.deliveries) == (1, {EMAIL})
+
+
+def test_a_transient_failure_on_one_channel_retries_that_channel_even_when_another_refused() -> None:
+    store = Store()
+    sms = Channel(fail_with=PermanentDeliveryError("HTTP POST answered 400"))
+    email = Channel(fail_with=TransientDeliveryError("SMTP connect failed", retry_after=7))
+    run = runner(store, {SMS: sms, EMAIL: email})
+    the_job = job("ReturnApproved", "notify_family:return_approved:origin")
+    with pytest.raises(TransientDeliveryError) as raised:
+        run.run(the_job)
+    assert raised.value.retry_after == 7 and store.deliveries == set()
+    email.fail_with = None
+    with pytest.raises(PermanentDeliveryError):  # the e-mail now goes; the SMS stays refused
+        run.run(the_job)
+    assert (len(email.sent), store.deliveries) == (1, {EMAIL})
+
+
 def test_an_event_reads_its_facts_once_for_all_its_notices_and_closes_its_store() -> None:
     class Counting(FactSource):
         reads: int = 0
@@ -246,11 +274,15 @@ def test_an_effect_the_table_does_not_name_is_refused() -> None:
         runner(Store(), {}).run(job("TravelBooked", "notify_family:lottery_won:origin"))
 
 
-def test_backoff_grows_exponentially_with_full_jitter_and_honours_retry_after() -> None:
+def test_backoff_grows_exponentially_with_equal_jitter_and_honours_retry_after() -> None:
     for retries in range(8):
-        delays = [backoff(retries) for _ in range(50)]
-        assert all(0 <= d <= min(2**retries, 120) for d in delays)
-    assert max(backoff(5) for _ in range(200)) > 8  # jitter spreads over the whole window
+        window = min(15 * 2**retries, 120)
+        delays = [backoff(retries, base=15) for _ in range(50)]
+        assert all(window / 2 <= d <= window for d in delays)
+        assert len(set(delays)) > 1  # jittered
+    # The retries of a job (MAX_ATTEMPTS - 1 of them) span minutes, not seconds: an outage of
+    # the SMTP relay or the other deployment shorter than that does not dead-letter its jobs.
+    assert sum(backoff(n, base=15) for n in range(MAX_ATTEMPTS - 1)) >= 112.5
     assert backoff(0, retry_after=30) == 30
     assert backoff(0, retry_after=10_000) == 120
 

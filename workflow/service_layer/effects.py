@@ -31,9 +31,11 @@ from workflow.service_layer.notifications import (
     EMAIL,
     WEBHOOK,
     Channel,
+    DeliveryError,
     Message,
     PermanentDeliveryError,
     Renderer,
+    TransientDeliveryError,
     idempotency_key,
 )
 from workflow.service_layer.ports import Clock, JobObserver, NoObserver
@@ -279,22 +281,44 @@ class EffectRunner:
         language: str,
     ) -> str | None:
         """Each send is recorded before the next one starts; the last is left for the caller to
-        record with the job's ``done`` (one round trip less)."""
+        record with the job's ``done`` (one round trip less). A channel that fails does not stop
+        the others (an SMS gateway refusing a phone number must not keep the e-mail from the
+        family): every channel not sent yet is tried, what was sent is recorded, and then the
+        job fails with a transient error if any failure was transient (the retry tries only the
+        channels not sent), else with the first permanent one."""
         done = store.delivered(job)
         unrecorded: str | None = None
+        failures: list[DeliveryError] = []
         for channel_name, address in targets:
             if channel_name in done:
                 continue  # sent by an earlier attempt of this job
             channel = self._channels.get(channel_name)
             if channel is None:
-                raise PermanentDeliveryError(f"no {channel_name} channel configured")
+                failures.append(PermanentDeliveryError(f"no {channel_name} channel configured"))
+                continue
             if unrecorded is not None:
                 store.record_delivery(job, unrecorded, self._clock.now())
                 unrecorded = None
             key = idempotency_key(job.event_id, job.effect)
-            channel.send(Message(address, channel_name, subject, body, language, key))
+            try:
+                channel.send(Message(address, channel_name, subject, body, language, key))
+            except DeliveryError as exc:
+                log.warning(
+                    "notification.failed",
+                    case_id=job.case_id,
+                    effect=job.effect,
+                    channel=channel_name,
+                    error=type(exc).__name__,
+                )
+                failures.append(exc)
+                continue
             unrecorded = channel_name
             log.info("notification.delivered", case_id=job.case_id, effect=job.effect, channel=channel_name)
+        if failures:
+            if unrecorded is not None:
+                store.record_delivery(job, unrecorded, self._clock.now())
+            transient = [f for f in failures if isinstance(f, TransientDeliveryError)]
+            raise (transient or failures)[0]
         return unrecorded
 
     def _deliver_handover(self, store: JobStore, job: Job, url: str) -> str | None:

@@ -11,7 +11,7 @@ import structlog
 
 from workflow.adapters.channels import post_json
 from workflow.adapters.clock import SystemClock
-from workflow.service_layer.notifications import Message
+from workflow.service_layer.notifications import Message, TransientDeliveryError
 from workflow.service_layer.ports import Clock
 
 log = structlog.get_logger(__name__)
@@ -35,6 +35,12 @@ class FileSinkSms:
         self._offset = 0
 
     def send(self, message: Message) -> None:
+        try:
+            self._append(message)
+        except OSError as exc:  # a full disk, a sink on a mount that went away: try again later
+            raise TransientDeliveryError(f"SMS sink not written: {type(exc).__name__}") from exc
+
+    def _append(self, message: Message) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
