@@ -95,7 +95,7 @@ def effect_runner(db: Engine, max_attempts: int, settings: Settings | None = Non
         lambda: SqlJobStore(db, hold_connection=True),
         SystemClock(),
         max_attempts,
-        facts=SqlFacts(db),
+        facts=SqlFacts(db, programme_from(settings).returnee_contact_period),
         channels=channels_from(settings),
         renderer=default_templates(),
         observer=_observer(),

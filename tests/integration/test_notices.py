@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
-from tests.support import advance_to, jobs_of
+from tests.support import FixedClock, advance_to, jobs_of
 from workflow.adapters import tables as tb
 from workflow.adapters.notices import SqlFacts
 from workflow.bootstrap import App
@@ -36,3 +36,33 @@ def test_the_notice_goes_to_the_principal_whatever_order_the_members_were_added(
     facts = SqlFacts(app.db).facts(jobs_of(app, case_id)[-1])[DESTINATION]
     assert facts.family_contacts == {SMS: PRINCIPAL["phone"], EMAIL: PRINCIPAL["email"]}
     assert facts.values["travellers"] == len(HOUSEHOLD) + 1
+
+
+def _facts_of(app: App, case_id: str, event_type: str) -> dict[str, object]:
+    (job,) = [j for j in jobs_of(app, case_id) if j.event_type == event_type][-1:]
+    return dict(SqlFacts(app.db, timedelta(days=90)).facts(job)[DESTINATION].values)
+
+
+def test_the_arrival_welcome_gives_the_family_the_contact_deadline_counted_from_arrival(app: App) -> None:
+    """The returnee-contact timer is armed only at the handover, after the welcome is sent: the
+    date comes from the arrival and the programme's period, not from a pending timer."""
+    case_id = advance_to(app, "arrived")
+    with app.db.connect() as conn:
+        arrived_on = conn.scalar(select(tb.cases.c.arrived_on).where(tb.cases.c.id == case_id))
+    facts = _facts_of(app, case_id, "ArrivalConfirmed")
+    assert facts["contact_by"] == (arrived_on + timedelta(days=90)).isoformat()
+
+
+def test_an_escalation_names_the_missed_deadline_not_the_one_it_re_armed(app: App, clock: FixedClock) -> None:
+    case_id = advance_to(app, "handover_pending")
+    t = tb.timers.c
+    with app.db.connect() as conn:
+        missed = conn.scalar(select(t.due_at).where(t.case_id == case_id, t.status == "pending"))
+    clock.current = missed
+    assert app.timers.fire_due().fired == 1
+    with app.db.connect() as conn:
+        rearmed = conn.scalar(select(t.due_at).where(t.case_id == case_id, t.status == "pending"))
+    assert rearmed > missed
+    # What the origin office was asked to acknowledge by, and what the escalation says was missed.
+    assert _facts_of(app, case_id, "HandoverSent")["due_on"] == missed.date().isoformat()
+    assert _facts_of(app, case_id, "HandoverEscalated")["due_on"] == missed.date().isoformat()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Select, bindparam, case, func, select
@@ -10,6 +10,7 @@ from sqlalchemy import Engine, Select, bindparam, case, func, select
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import autocommit
 from workflow.domain.lifecycle import DESTINATION, ORIGIN
+from workflow.domain.programme import Programme
 from workflow.service_layer.documents import ACCEPTED, DECISION, PACKAGE, REFUSED
 from workflow.service_layer.effects import Facts, Job
 from workflow.service_layer.notifications import EMAIL, FALLBACK_LANGUAGE, LANGUAGES, SMS
@@ -48,15 +49,16 @@ def _facts_query() -> Select[Any]:
         .limit(1)
         .scalar_subquery()
     )
-    # Per timer name its latest pending due date (as a dict by name kept the last of each),
-    # then the earliest of those.
-    latest = (
-        select(func.max(t.due_at).label("due_at"))
-        .where(t.case_id == c.id, t.status == tb.PENDING)
-        .group_by(t.name)
-        .correlate(tb.cases)
-        .subquery()
+    # The deadline the event speaks of: the one whose timer fired it (an escalation: the missed
+    # due date, not the deadline re-armed with it), else the earliest its own transition armed
+    # (a handover to acknowledge, a visit due). Matched on the fire's clock reading, which the
+    # event, its timers' created_at and a fired timer's fired_at share; read as of the event,
+    # whatever the case did since.
+    occurred = (
+        select(tb.outbox.c.occurred_at).where(tb.outbox.c.event_id == bindparam("event_id")).scalar_subquery()
     )
+    missed = select(func.max(t.due_at)).where(t.case_id == c.id, t.status == "fired", t.fired_at == occurred)
+    armed = select(func.min(t.due_at)).where(t.case_id == c.id, t.created_at == occurred)
     return (
         select(
             c.id,
@@ -71,11 +73,7 @@ def _facts_query() -> Select[Any]:
             principal.c.phone.label("principal_phone"),
             principal.c.email.label("principal_email"),
             select(func.count()).where(m.case_id == c.id).scalar_subquery().label("travellers"),
-            select(func.min(latest.c.due_at)).scalar_subquery().label("due_on"),
-            select(func.max(t.due_at))
-            .where(t.case_id == c.id, t.status == tb.PENDING, t.name == "returnee_contact")
-            .scalar_subquery()
-            .label("contact_by"),
+            func.coalesce(missed.scalar_subquery(), armed.scalar_subquery()).label("due_on"),
         )
         .select_from(tb.cases)
         .join(origin, origin.c.code == c.origin_office)
@@ -88,15 +86,20 @@ def _facts_query() -> Select[Any]:
 _FACTS = _facts_query()
 
 
+_PROGRAMME = Programme()
+
+
 class SqlFacts:
-    def __init__(self, db: Engine) -> None:
-        self._db = db
+    def __init__(self, db: Engine, returnee_contact: timedelta = _PROGRAMME.returnee_contact_period) -> None:
+        """``returnee_contact``: the programme's period, counted from arrival, within which the
+        family must contact the destination office (the date the welcome gives them)."""
+        self._db, self._returnee_contact = db, returnee_contact
 
     def facts(self, job: Job) -> dict[str, Facts]:
         """Both sides' facts from one read: the family's and the values are the same for both;
         the office (language, e-mail, webhook) is the origin's or the destination's."""
         with autocommit(self._db, write=False) as conn:
-            row = conn.execute(_FACTS, {"case_id": job.case_id}).one()
+            row = conn.execute(_FACTS, {"case_id": job.case_id, "event_id": job.event_id}).one()
             grant = self._grant(conn, job) if job.event_type == "GrantDisbursed" else {}
         contacts = {
             channel: address
@@ -112,7 +115,8 @@ class SqlFacts:
             "travellers": row.travellers,
             "office_name": row.destination_name,
             "office_contact": row.destination_email or "",
-            "contact_by": _date(row.contact_by),
+            # The returnee-contact deadline is armed at the handover, after the welcome goes out.
+            "contact_by": _date(row.arrived_on + self._returnee_contact) if row.arrived_on else "",
             "destination_office": row.destination_name,
             "origin_office": row.origin_name,
             **grant,
