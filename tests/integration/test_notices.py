@@ -66,3 +66,18 @@ def test_an_escalation_names_the_missed_deadline_not_the_one_it_re_armed(app: Ap
     # What the origin office was asked to acknowledge by, and what the escalation says was missed.
     assert _facts_of(app, case_id, "HandoverSent")["due_on"] == missed.date().isoformat()
     assert _facts_of(app, case_id, "HandoverEscalated")["due_on"] == missed.date().isoformat()
+
+
+def test_a_missed_monitoring_visit_tells_the_office_the_missed_date_and_the_family_the_next(
+    app: App, clock: FixedClock
+) -> None:
+    case_id = advance_to(app, "monitoring")
+    t = tb.timers.c
+    with app.db.connect() as conn:
+        missed = conn.scalar(select(t.due_at).where(t.case_id == case_id, t.status == "pending"))
+    clock.current = missed
+    assert app.timers.fire_due().fired == 1
+    with app.db.connect() as conn:
+        rearmed = conn.scalar(select(t.due_at).where(t.case_id == case_id, t.status == "pending"))
+    facts = _facts_of(app, case_id, "MonitoringVisitEscalated")
+    assert (facts["due_on"], facts["next_due_on"]) == (missed.date().isoformat(), rearmed.date().isoformat())

@@ -19,6 +19,7 @@ SAMPLE_VALUES: dict[str, object] = {
     "departure_on": date(2026, 12, 3),
     "arrival_on": date(2026, 12, 3),
     "due_on": date(2027, 3, 3),
+    "next_due_on": date(2027, 6, 1),
     "contact_by": date(2027, 3, 3),
     "route": "TLL-WAW-KBP",
     "office_name": "IOM Kyiv",

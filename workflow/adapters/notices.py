@@ -74,6 +74,7 @@ def _facts_query() -> Select[Any]:
             principal.c.email.label("principal_email"),
             select(func.count()).where(m.case_id == c.id).scalar_subquery().label("travellers"),
             func.coalesce(missed.scalar_subquery(), armed.scalar_subquery()).label("due_on"),
+            armed.scalar_subquery().label("next_due_on"),
         )
         .select_from(tb.cases)
         .join(origin, origin.c.code == c.origin_office)
@@ -109,6 +110,7 @@ class SqlFacts:
         values: dict[str, object] = {
             "case_ref": case_ref(row.id),
             "due_on": _date(row.due_on),
+            "next_due_on": _date(row.next_due_on),
             "departure_on": row.departure_on or "",
             "arrival_on": row.arrived_on or row.departure_on or "",
             "route": row.route or "",

@@ -37,7 +37,7 @@ FAMILY: dict[str, frozenset[str]] = {
     "handover_accepted": _OFFICE,
     "plan_approved": _CASE,
     "grant_disbursed": _CASE | {"category", "amount", "currency"},
-    "monitoring_visit_due": _DUE,
+    "monitoring_visit_due": frozenset({"case_ref", "next_due_on"}),  # the re-armed visit, ahead
     "case_closed": _CASE,
 }
 OFFICE: dict[str, frozenset[str]] = {
