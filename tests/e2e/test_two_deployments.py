@@ -170,7 +170,7 @@ def deployments(pg_url: str, second_database: str, tmp_path: Path) -> Iterator[t
 
 
 def test_the_seed_familys_case_is_handed_over_between_two_deployments_and_accepted(
-    deployments: tuple[Deployment, Deployment],
+    deployments: tuple[Deployment, Deployment], tmp_path: Path
 ) -> None:
     tallinn, kyiv = deployments
     c = tb.cases.c
@@ -266,6 +266,22 @@ def test_the_seed_familys_case_is_handed_over_between_two_deployments_and_accept
     assert kyiv.rows(select(t.kind, t.office).where(t.case_id == case_id)) == [
         ("reintegration_counselling", "kyiv")
     ]
+    # Both copies fired accept_handover. The family hears of it once, from Kyiv's deployment,
+    # which owns the case now; Tallinn's copy leaves the family and Kyiv's task to Kyiv's.
+    assert tallinn.rows(select(t.kind).where(t.kind == "reintegration_counselling")) == []
+    family = "notify_family:handover_accepted:origin"
+    sent = tb.deliveries.c
+    assert sorted(kyiv.rows(select(sent.channel).where(sent.effect == family))) == [("email",), ("sms",)]
+    assert tallinn.rows(select(sent.channel).where(sent.effect == family)) == []
+    texts = {
+        office: [
+            line
+            for line in (tmp_path / f"{office}-sms.jsonl").read_text().splitlines()
+            if json.loads(line)["idempotency_key"].endswith(family)
+        ]
+        for office in ("tallinn", "kyiv")
+    }
+    assert (len(texts["tallinn"]), len(texts["kyiv"])) == (0, 1)
     timers = tb.timers.c
     assert tallinn.rows(select(timers.name).where(timers.case_id == case_id, timers.status == "pending")) == [
         ("returnee_contact",)

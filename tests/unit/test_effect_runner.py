@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -182,6 +182,54 @@ def test_a_transient_failure_on_one_channel_retries_that_channel_even_when_anoth
     assert (len(email.sent), store.deliveries) == (1, {EMAIL})
 
 
+class EveryJobNew(Store):  # the jobs of one event, each starting afresh
+    def start(self, job: Job, now: datetime) -> tuple[str, int]:
+        return "running", 1
+
+    def delivered(self, job: Job) -> frozenset[str]:
+        return frozenset()
+
+
+@dataclass
+class HandedOver(FactSource):
+    """Facts as one of two deployments reads them: the other office is served by the other
+    deployment (a webhook URL), and ``owner_here`` says whether this one owns the case."""
+
+    owner_here: bool = True
+
+    def facts(self, job: Job) -> dict[str, Facts]:
+        read = super().facts(job)
+        origin = replace(read[ORIGIN], office_webhook=None, owner_served=self.owner_here)
+        kyiv = "https://kyiv.example.org/handover/inbound"
+        destination = replace(read[DESTINATION], office_webhook=kyiv, owner_served=self.owner_here)
+        return {ORIGIN: origin, DESTINATION: destination}
+
+
+def test_a_decision_both_deployments_fire_notifies_and_tasks_each_office_once() -> None:
+    """Tallinn's copy fires HandoverAccepted when Kyiv's decision arrives: Kyiv's deployment
+    already told the family (it owns the case now) and made Kyiv's task; Tallinn tells its own
+    office only."""
+    store, sms, email = EveryJobNew(), Channel(), Channel()
+    run = runner(store, {SMS: sms, EMAIL: email}, HandedOver(owner_here=False))
+    outcome = run.run_event(Event("event-1", "HandoverAccepted", "case-1"))
+    assert outcome.failures == () and store.tasks == []
+    assert sms.sent == [] and [m.recipient for m in email.sent] == ["office@example.org"]
+
+
+def test_the_deployment_that_owns_the_case_tells_the_family_and_sends_other_offices_its_news() -> None:
+    sms, email = Channel(), Channel()
+    channels: dict[str, Channel] = {SMS: sms, EMAIL: email}
+    family = job("HandoverAccepted", "notify_family:handover_accepted:origin")
+    assert runner(Store(), channels, HandedOver(owner_here=True)).run(family) == "done"
+    # Not an event the other deployment fires: the destination office hears it from here.
+    notice = job("TravelBooked", "notify_office:pre_arrival_notice:destination")
+    assert runner(Store(), channels, HandedOver(owner_here=True)).run(notice) == "done"
+    assert (len(sms.sent), [m.recipient for m in email.sent]) == (
+        1,
+        ["family@example.org", "destination-office@example.org"],
+    )
+
+
 def test_an_event_reads_its_facts_once_for_all_its_notices_and_closes_its_store() -> None:
     class Counting(FactSource):
         reads: int = 0
@@ -189,13 +237,6 @@ def test_an_event_reads_its_facts_once_for_all_its_notices_and_closes_its_store(
         def facts(self, job: Job) -> dict[str, Facts]:
             self.reads += 1
             return super().facts(job)
-
-    class EveryJobNew(Store):  # the jobs of one event, each starting afresh
-        def start(self, job: Job, now: datetime) -> tuple[str, int]:
-            return "running", 1
-
-        def delivered(self, job: Job) -> frozenset[str]:
-            return frozenset()
 
     store, facts, sms, email = EveryJobNew(), Counting(), Channel(), Channel()
     # TravelRebooked: the family's notice (SMS and e-mail), the destination office's, two tasks.

@@ -68,6 +68,7 @@ def _facts_query() -> Select[Any]:
             c.arrived_on,
             c.origin_office,
             c.destination_office,
+            c.owner_office,
             *(col.label(f"origin_{col.name}") for col in origin.c),
             *(col.label(f"destination_{col.name}") for col in destination.c),
             principal.c.phone.label("principal_phone"),
@@ -124,6 +125,7 @@ class SqlFacts:
             **grant,
         }
         family_language = row.language if row.language in LANGUAGES else FALLBACK_LANGUAGE
+        owner = ORIGIN if row.owner_office == row.origin_office else DESTINATION
         return {
             side: Facts(
                 family_language=family_language,
@@ -132,6 +134,7 @@ class SqlFacts:
                 office_email=getattr(row, f"{side}_email"),
                 office_webhook=getattr(row, f"{side}_webhook_url"),
                 values=values,
+                owner_served=getattr(row, f"{owner}_webhook_url") is None,
             )
             for side in (ORIGIN, DESTINATION)
         }

@@ -92,6 +92,11 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
 }
 
 
+# Events whose decision goes to the origin's deployment (DELIVER_ACK), which fires the same event
+# on its copy of the case: with two deployments each such event happens in both.
+MIRRORED = frozenset(name for name, effects in EFFECTS.items() if any(e.kind == DELIVER_ACK for e in effects))
+
+
 def effects_of(event_type: str) -> tuple[Effect, ...]:
     return EFFECTS.get(event_type, ())
 

@@ -21,6 +21,7 @@ from workflow.domain.effects import (
     CREATE_TASK,
     DELIVER_ACK,
     DELIVER_HANDOVER,
+    MIRRORED,
     NOTIFY_FAMILY,
     NOTIFY_OFFICE,
     Effect,
@@ -66,8 +67,22 @@ class Facts:
     family_contacts: Mapping[str, str]  # channel -> phone number or e-mail address
     office_language: str
     office_email: str | None
-    office_webhook: str | None
+    office_webhook: str | None  # set when another deployment serves the office
     values: Mapping[str, object] = field(default_factory=dict)  # every template key's value
+    owner_served: bool = True  # this deployment serves the office that owns the case
+
+    def elsewhere(self, effect: Effect, event_type: str) -> bool:
+        """The effect is another deployment's to carry out (with two deployments, a handed-over
+        case has a copy in each). The family hears from the deployment that owns the case. An
+        event both deployments fire (a handover decision: the deciding one, then the origin's
+        as the decision arrives) leaves each office's notices and tasks to the deployment that
+        serves that office, where its staff read them. Other office notices go from where the
+        event happened: the only deployment that knows of it (a pre-arrival notice, say)."""
+        if effect.kind == NOTIFY_FAMILY:
+            return not self.owner_served
+        if effect.kind in (NOTIFY_OFFICE, CREATE_TASK):
+            return event_type in MIRRORED and self.office_webhook is not None
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +230,9 @@ class EffectRunner:
             log.warning("job.dead_lettered", event_id=job.event_id, effect=job.effect, attempts=made)
             self._observer.job_finished(job.effect, "dead", None)
             return "dead"
-        if effect.kind == CREATE_TASK:
+        if self._skipped(store, job, effect, facts):
+            pass
+        elif effect.kind == CREATE_TASK:
             store.create_task_once(job, effect, self._clock.now())
         else:
             last = self._send(store, job, effect, facts)
@@ -223,6 +240,19 @@ class EffectRunner:
         log.info("job.done", event_id=job.event_id, case_id=job.case_id, effect=job.effect, attempts=attempts)
         self._observer.job_finished(job.effect, "done", self._latency(job))
         return "done"
+
+    def _skipped(self, store: JobStore, job: Job, effect: Effect, read: dict[str, Facts]) -> bool:
+        """Done without doing it: another deployment carries this effect out (Facts.elsewhere).
+        A task is checked only for events both deployments fire: any other reads no facts."""
+        if self._facts is None or (effect.kind == CREATE_TASK and job.event_type not in MIRRORED):
+            return False
+        if not read:
+            read.update(self._facts.facts(job))
+        if not read[effect.side].elsewhere(effect, job.event_type):
+            return False
+        store.finish(job, "done", None, self._clock.now())
+        log.info("job.left_elsewhere", event_id=job.event_id, case_id=job.case_id, effect=job.effect)
+        return True
 
     def give_up(self, job: Job, error: str) -> None:
         """The job's retries are spent, or its error is permanent: filed in the dead letters."""
