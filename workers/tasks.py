@@ -147,12 +147,19 @@ def run_effect(
 ) -> str:
     structlog.contextvars.bind_contextvars(event_id=event_id, case_id=case_id)
     committed = datetime.fromisoformat(occurred_at) if occurred_at else None
-    try:
-        return _runner().run(Job(event_id, event_type, case_id, effect, committed))
-    except RETRYABLE as exc:
-        delay = backoff(self.request.retries, getattr(exc, "retry_after", None))
-        log.warning("job.retrying", effect=effect, error=type(exc).__name__, retry_in=round(delay, 2))
-        _retry(self, exc=exc, countdown=delay)
+    # A replayed job's event may be running in another process now (a late copy of its
+    # message, whose run would start the reopened job too): this run waits its turn.
+    with _locks().running_alone([event_id]) as mine:
+        if not mine:
+            delay = backoff(self.request.retries)
+            log.info("job.event_running_elsewhere", effect=effect, retry_in=round(delay, 2))
+            _retry(self, countdown=delay)
+        try:
+            return _runner().run(Job(event_id, event_type, case_id, effect, committed))
+        except RETRYABLE as exc:
+            delay = backoff(self.request.retries, getattr(exc, "retry_after", None))
+            log.warning("job.retrying", effect=effect, error=type(exc).__name__, retry_in=round(delay, 2))
+            _retry(self, exc=exc, countdown=delay)
 
 
 @dataclass(frozen=True, slots=True)

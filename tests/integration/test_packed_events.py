@@ -4,6 +4,7 @@ relay holds back while the workers' queue is full: real Redis, PostgreSQL, SMTP 
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import socket
 import threading
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -22,9 +24,10 @@ from config.celery import celery_config
 from tests.integration.processes import QUEUE, RedisServer, queued_jobs, start_worker, stop, wait_for
 from tests.servers import Inbox, smtp_server
 from tests.support import advance_to, jobs_of, register
-from workers import relay
+from workers import relay, tasks
 from workers.jobs import EVENTS_TASK, event_args, send_events
 from workflow.adapters import tables as tb
+from workflow.adapters.db import make_engine
 from workflow.adapters.jobs import EventLocks
 from workflow.adapters.relay import OutboxRelay
 from workflow.bootstrap import App
@@ -268,6 +271,36 @@ def test_a_packed_message_cut_by_the_soft_time_limit_retries_that_event_and_send
     assert len(re.findall(r"avrr\.events\.handle_many\[[0-9a-f-]+\] received", text)) == 2
 
 
+def _hold_locks(url: str, ids: list[str], held: Any, release: Any) -> None:
+    """Another worker process: holds the events until told to let go."""
+    with EventLocks(make_engine(url)).running_alone(ids) as mine:
+        held.put(sorted(mine))
+        release.wait(30)
+
+
+def test_on_sqlite_an_event_another_process_runs_is_skipped_and_free_again_after(tmp_path: Path) -> None:
+    """The embedded default's workers are processes on one host: a byte-range lock per event in
+    a file beside the database does what PostgreSQL's advisory locks do."""
+    url = f"sqlite:///{tmp_path / 'avrr.sqlite3'}"
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    fork = multiprocessing.get_context("fork")
+    held, release = fork.Queue(), fork.Event()
+    other = fork.Process(target=_hold_locks, args=(url, ids[:2], held, release))
+    other.start()
+    try:
+        assert held.get(timeout=30) == sorted(ids[:2])
+        mine = EventLocks(make_engine(url))
+        with mine.running_alone(ids) as first:
+            assert first == {ids[2]}
+        release.set()
+        other.join(30)
+        with mine.running_alone(ids) as second:
+            assert second == set(ids)
+    finally:
+        release.set()
+        other.join(30)
+
+
 def test_an_event_a_copy_of_its_message_runs_now_is_skipped_and_free_again_after(pg_app: App) -> None:
     """EventLocks: what one process's run holds, another's (a copy of the message) passes over;
     once the first ends, the events are free again. A kept connection the server ended is
@@ -357,3 +390,43 @@ def test_a_packed_message_killed_by_the_hard_time_limit_goes_back_and_runs_again
     assert "Hard time limit (4s) exceeded for avrr.events.handle_many" in text
     assert "task.hard_time_limit" in text
     assert len(re.findall(r"avrr\.events\.handle_many\[[0-9a-f-]+\] received", text)) == 2
+
+
+class _Requeued(Exception):
+    pass
+
+
+def test_a_replayed_job_whose_event_another_process_runs_waits_its_turn(
+    pg_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`avrr.effects.run` (a replayed dead letter) takes its event's lock: while a copy of the
+    event's message runs in another process, the job is retried later, not run beside it."""
+    case_id = register(pg_app).case_id
+    job = jobs_of(pg_app, case_id)[0]
+    ran: list[str] = []
+
+    class Runner:
+        def run(self, job: Any) -> str:
+            ran.append(job.effect)
+            return "done"
+
+    def requeue(task: Any, **options: Any) -> None:
+        raise _Requeued(options["countdown"])
+
+    monkeypatch.setattr(tasks, "_locks", lambda: EventLocks(pg_app.db))
+    monkeypatch.setattr(tasks, "_runner", Runner)
+    monkeypatch.setattr(tasks, "_retry", requeue)
+
+    def replay() -> Any:
+        tasks.run_effect.push_request(id="replay-1", retries=0, called_directly=False, delivery_info={})
+        try:
+            return tasks.run_effect.run(job.event_id, job.event_type, job.case_id, job.effect)
+        finally:
+            tasks.run_effect.pop_request()
+
+    with EventLocks(pg_app.db).running_alone([job.event_id]) as elsewhere:
+        assert elsewhere == {job.event_id}
+        with pytest.raises(_Requeued) as requeued:
+            replay()
+    assert ran == [] and float(requeued.value.args[0]) > 0
+    assert replay() == "done" and ran == [job.effect]

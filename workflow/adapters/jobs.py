@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -65,16 +68,24 @@ class EventLocks:
     lost), so nothing waits on the skip. PostgreSQL: session advisory locks on one connection
     the process keeps for them (two statements a message, outside SQLAlchemy: a pooled
     checkout and its isolation switch cost as much as the statement), released at the
-    message's end or with the process. SQLite: every event (one process writes at a time; the
-    jobs inbox still applies). One instance per process (its connection is not shared across a
-    fork)."""
+    message's end or with the process. SQLite (its workers share the database file's host):
+    a byte-range lock each, at the event's 63-bit hash as offset, in one file beside the
+    database, released at the message's end or with the process. One instance per process
+    (neither lock is shared across a fork)."""
 
     def __init__(self, db: Engine) -> None:
         self._db = db
         self._conn: Any = None  # the pool's connection, kept
+        self._file: int | None = None  # SQLite: the lock file, kept open (closing drops locks)
+        database = db.url.database if db.dialect.name == "sqlite" else None
+        self._path = Path(f"{database}.event-locks") if database and database != ":memory:" else None
 
     @contextmanager
     def running_alone(self, event_ids: Sequence[str]) -> Iterator[set[str]]:
+        if self._path is not None and event_ids:
+            with self._file_locks(event_ids) as held:
+                yield held
+            return
         if self._db.dialect.name != "postgresql" or not event_ids:
             yield set(event_ids)
             return
@@ -105,6 +116,25 @@ class EventLocks:
                 cursor.execute(_UNLOCK_ALL)
             except (psycopg.Error, DBAPIError):  # closing the connection ends its locks
                 self._drop()
+
+    @contextmanager
+    def _file_locks(self, event_ids: Sequence[str]) -> Iterator[set[str]]:
+        assert self._path is not None
+        if self._file is None:
+            self._file = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        held: dict[str, int] = {}
+        try:
+            for event_id in event_ids:
+                offset = _lock_key(event_id) & (2**63 - 1)
+                try:
+                    fcntl.lockf(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                except OSError:  # another process holds it (EAGAIN / EACCES)
+                    continue
+                held[event_id] = offset
+            yield set(held)
+        finally:
+            for offset in held.values():
+                fcntl.lockf(self._file, fcntl.LOCK_UN, 1, offset)
 
     def _cursor(self) -> Any:
         if self._conn is None:
