@@ -192,35 +192,61 @@ class EveryJobNew(Store):  # the jobs of one event, each starting afresh
 
 @dataclass
 class HandedOver(FactSource):
-    """Facts as one of two deployments reads them: the other office is served by the other
-    deployment (a webhook URL), and ``owner_here`` says whether this one owns the case."""
+    """Facts as one of two deployments reads them: Kyiv (the destination) is served by the other
+    deployment (a webhook URL); ``owner_here``: this one owns the case; ``relayed``: the event
+    was fired on the other deployment's delivery."""
 
     owner_here: bool = True
+    relayed: bool = False
 
     def facts(self, job: Job) -> dict[str, Facts]:
         read = super().facts(job)
-        origin = replace(read[ORIGIN], office_webhook=None, owner_served=self.owner_here)
+        here = {"owner_served": self.owner_here, "from_elsewhere": self.relayed}
         kyiv = "https://kyiv.example.org/handover/inbound"
-        destination = replace(read[DESTINATION], office_webhook=kyiv, owner_served=self.owner_here)
-        return {ORIGIN: origin, DESTINATION: destination}
+        return {
+            ORIGIN: replace(read[ORIGIN], office_webhook=None, **here),
+            DESTINATION: replace(read[DESTINATION], office_webhook=kyiv, **here),
+        }
 
 
-def test_a_decision_both_deployments_fire_notifies_and_tasks_each_office_once() -> None:
+def test_a_decision_relayed_from_the_other_deployment_notifies_and_tasks_each_office_once() -> None:
     """Tallinn's copy fires HandoverAccepted when Kyiv's decision arrives: Kyiv's deployment
     already told the family (it owns the case now) and made Kyiv's task; Tallinn tells its own
     office only."""
     store, sms, email = EveryJobNew(), Channel(), Channel()
-    run = runner(store, {SMS: sms, EMAIL: email}, HandedOver(owner_here=False))
+    run = runner(store, {SMS: sms, EMAIL: email}, HandedOver(owner_here=False, relayed=True))
     outcome = run.run_event(Event("event-1", "HandoverAccepted", "case-1"))
     assert outcome.failures == () and store.tasks == []
     assert sms.sent == [] and [m.recipient for m in email.sent] == ["office@example.org"]
 
 
-def test_the_deployment_that_owns_the_case_tells_the_family_and_sends_other_offices_its_news() -> None:
+def test_a_decision_made_here_leaves_the_origins_notice_to_the_origins_deployment() -> None:
+    """Seen from Kyiv's deployment (Tallinn, the origin, is the one served elsewhere)."""
+
+    @dataclass
+    class AtKyiv(FactSource):
+        def facts(self, job: Job) -> dict[str, Facts]:
+            read = super().facts(job)
+            tallinn = "https://tallinn.example.org/handover/inbound"
+            return {ORIGIN: replace(read[ORIGIN], office_webhook=tallinn), DESTINATION: read[DESTINATION]}
+
+        def handover_decision(self, job: Job) -> dict[str, Any]:
+            return {"case_id": job.case_id, "decision": "accepted"}
+
+    store, sms, email, webhook = EveryJobNew(), Channel(), Channel(), Channel()
+    outcome = runner(store, {SMS: sms, EMAIL: email, WEBHOOK: webhook}, AtKyiv()).run_event(
+        Event("event-1", "HandoverAccepted", "case-1")
+    )
+    assert outcome.failures == () and store.tasks == ["reintegration_counselling"]
+    assert len(sms.sent) == 1 and [m.recipient for m in email.sent] == ["family@example.org"]
+    assert [m.recipient for m in webhook.sent] == ["https://tallinn.example.org/handover/inbound"]
+
+
+def test_events_made_here_tell_the_family_and_other_offices_whoever_serves_them() -> None:
     sms, email = Channel(), Channel()
     channels: dict[str, Channel] = {SMS: sms, EMAIL: email}
     family = job("HandoverAccepted", "notify_family:handover_accepted:origin")
-    assert runner(Store(), channels, HandedOver(owner_here=True)).run(family) == "done"
+    assert runner(Store(), channels, HandedOver(owner_here=False)).run(family) == "done"
     # Not an event the other deployment fires: the destination office hears it from here.
     notice = job("TravelBooked", "notify_office:pre_arrival_notice:destination")
     assert runner(Store(), channels, HandedOver(owner_here=True)).run(notice) == "done"

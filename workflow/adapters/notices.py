@@ -9,6 +9,7 @@ from sqlalchemy import Engine, Select, bindparam, case, func, select
 
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import autocommit
+from workflow.domain.actors import DELIVERY_ACTOR
 from workflow.domain.lifecycle import DESTINATION, ORIGIN
 from workflow.domain.programme import Programme
 from workflow.service_layer.documents import ACCEPTED, DECISION, PACKAGE, REFUSED
@@ -57,6 +58,9 @@ def _facts_query() -> Select[Any]:
     occurred = (
         select(tb.outbox.c.occurred_at).where(tb.outbox.c.event_id == bindparam("event_id")).scalar_subquery()
     )
+    h = tb.case_history.c
+    version = select(tb.outbox.c.case_version).where(tb.outbox.c.event_id == bindparam("event_id"))
+    fired_by = select(h.actor_id).where(h.case_id == c.id, h.version == version.scalar_subquery())
     missed = select(func.max(t.due_at)).where(t.case_id == c.id, t.status == "fired", t.fired_at == occurred)
     armed = select(func.min(t.due_at)).where(t.case_id == c.id, t.created_at == occurred)
     return (
@@ -76,6 +80,7 @@ def _facts_query() -> Select[Any]:
             select(func.count()).where(m.case_id == c.id).scalar_subquery().label("travellers"),
             func.coalesce(missed.scalar_subquery(), armed.scalar_subquery()).label("due_on"),
             armed.scalar_subquery().label("next_due_on"),
+            fired_by.scalar_subquery().label("fired_by"),
         )
         .select_from(tb.cases)
         .join(origin, origin.c.code == c.origin_office)
@@ -135,6 +140,7 @@ class SqlFacts:
                 office_webhook=getattr(row, f"{side}_webhook_url"),
                 values=values,
                 owner_served=getattr(row, f"{owner}_webhook_url") is None,
+                from_elsewhere=(row.fired_by or "").startswith(DELIVERY_ACTOR),
             )
             for side in (ORIGIN, DESTINATION)
         }

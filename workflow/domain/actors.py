@@ -27,3 +27,7 @@ class Actor:
 
 
 SYSTEM_ACTOR = Actor("system:timers", None, frozenset({Role.SYSTEM}))
+
+
+# The id prefix of another deployment acting for one of its offices (its handover deliveries).
+DELIVERY_ACTOR = "system:handover:"

@@ -28,6 +28,7 @@ from workflow.domain.effects import (
     effect_named,
     effects_of,
 )
+from workflow.domain.lifecycle import ORIGIN
 from workflow.service_layer.notifications import (
     EMAIL,
     WEBHOOK,
@@ -70,19 +71,27 @@ class Facts:
     office_webhook: str | None  # set when another deployment serves the office
     values: Mapping[str, object] = field(default_factory=dict)  # every template key's value
     owner_served: bool = True  # this deployment serves the office that owns the case
+    from_elsewhere: bool = False  # the event was fired on another deployment's delivery
 
     def elsewhere(self, effect: Effect, event_type: str) -> bool:
-        """The effect is another deployment's to carry out (with two deployments, a handed-over
-        case has a copy in each). The family hears from the deployment that owns the case. An
-        event both deployments fire (a handover decision: the deciding one, then the origin's
-        as the decision arrives) leaves each office's notices and tasks to the deployment that
-        serves that office, where its staff read them. Other office notices go from where the
-        event happened: the only deployment that knows of it (a pre-arrival notice, say)."""
-        if effect.kind == NOTIFY_FAMILY:
-            return not self.owner_served
-        if effect.kind in (NOTIFY_OFFICE, CREATE_TASK):
-            return event_type in MIRRORED and self.office_webhook is not None
-        return False
+        """The effect is another deployment's to carry out: with two deployments, a handed-over
+        case has a copy in each, and a handover decision is fired in both (where it was made,
+        then on the origin's copy as the decision arrives there). An event fired on another
+        deployment's delivery leaves to that deployment the family's notice, unless this one
+        owns the case, and the notices and tasks of the offices it does not serve here. A
+        decision made here leaves the origin's notices to the origin's deployment, when another
+        deployment serves it (it fires the decision too). Any other event's effects all happen
+        here, the only deployment that knows of it (a pre-arrival notice, say)."""
+        if effect.kind not in (NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK):
+            return False
+        if self.from_elsewhere:
+            return not self.owner_served if effect.kind == NOTIFY_FAMILY else self.office_webhook is not None
+        return (
+            event_type in MIRRORED
+            and effect.kind != NOTIFY_FAMILY
+            and effect.side == ORIGIN
+            and self.office_webhook is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
