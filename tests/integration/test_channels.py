@@ -504,6 +504,8 @@ def test_a_webhook_arrives_signed_and_its_signature_verifies(receiver: Receiver)
         (500, TransientDeliveryError),
         (429, TransientDeliveryError),
         (408, TransientDeliveryError),
+        (412, TransientDeliveryError),  # the other deployment's version_conflict: the case moved
+        (409, PermanentDeliveryError),  # its transition_not_allowed: the case is not where it can
         (400, PermanentDeliveryError),
         (401, PermanentDeliveryError),
         (404, PermanentDeliveryError),

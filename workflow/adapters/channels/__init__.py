@@ -13,8 +13,15 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 _MAX_RESPONSE_BYTES = 64 * 1024
 
 
-def post_json(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> int:
-    """POST ``body`` as JSON; return the 2xx status or raise the matching ``DeliveryError``.
+def post_json(
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str],
+    timeout: float,
+    retryable: frozenset[int] = RETRYABLE_STATUSES,
+) -> int:
+    """POST ``body`` as JSON; return the 2xx status or raise the matching ``DeliveryError``
+    (transient for a status in ``retryable`` or 5xx, else permanent).
 
     Redirects are not followed: a moved endpoint is a configuration error, and following it
     would send a signed body to a host nobody configured."""
@@ -39,7 +46,7 @@ def post_json(url: str, body: bytes, headers: Mapping[str, str], timeout: float)
     if 200 <= status < 300:
         return status
     detail = f"HTTP POST answered {status}"
-    if status in RETRYABLE_STATUSES or status >= 500:
+    if status in retryable or status >= 500:
         raise TransientDeliveryError(detail, retry_after=_seconds(retry_after))
     raise PermanentDeliveryError(detail)
 

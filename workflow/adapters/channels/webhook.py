@@ -11,12 +11,15 @@ from datetime import datetime
 
 import structlog
 
-from workflow.adapters.channels import post_json
+from workflow.adapters.channels import RETRYABLE_STATUSES, post_json
 from workflow.adapters.clock import SystemClock
 from workflow.service_layer.notifications import Message, PermanentDeliveryError
 from workflow.service_layer.ports import Clock
 
 log = structlog.get_logger(__name__)
+# The other deployment's /handover/inbound answers 412 (version_conflict) when the case moved
+# under the delivery (a concurrent fire on it): asking again can succeed.
+RETRYABLE = RETRYABLE_STATUSES | {412}
 
 TIMESTAMP_HEADER = "X-AVRR-Timestamp"
 SIGNATURE_HEADER = "X-AVRR-Signature"
@@ -101,5 +104,5 @@ class WebhookChannel:
             IDEMPOTENCY_HEADER: message.idempotency_key,
             EVENT_HEADER: message.subject,
         }
-        status = post_json(message.recipient, body, headers, self._timeout)
+        status = post_json(message.recipient, body, headers, self._timeout, RETRYABLE)
         log.info("notification.sent", channel="webhook", delivery_id=message.idempotency_key, status=status)
