@@ -74,3 +74,12 @@ def test_unsound_money_is_refused(amount, currency, words):
 def test_an_amount_beyond_decimal_precision_is_refused_as_unsound():
     with pytest.raises(ValueError, match="out of range"):
         Money(Decimal("1e30"), "EUR")
+
+
+def test_minor_units_past_a_signed_64_bit_integer_are_not_storable():
+    Money.from_minor(2**63 - 1, "JPY").check_storable()
+    Money.from_minor(-(2**63 - 1), "EUR").check_storable()
+
+    for amount, currency in [(Decimal(2**63), "JPY"), (Decimal("100000000000000000000.00"), "EUR")]:
+        with pytest.raises(ValueError, match="out of range"):
+            Money(amount, currency).check_storable()

@@ -229,3 +229,25 @@ def test_the_public_view_drops_every_personal_field_and_is_json(shape):
     public = {f.name for f in dataclasses.fields(shape)} - personal
     assert set(view) == public
     assert PERSONAL_VALUE not in json.dumps(view)
+
+
+def test_a_nul_anywhere_in_a_payload_is_refused_where_it_is():
+    members = sample(p.RegisterInquiry)["members"]
+    named = refusal(
+        p.RegisterInquiry, sample(p.RegisterInquiry, members=[{**members[0], "full_name": "A\x00"}])
+    )
+    keyed = refusal(p.BookTravel, {**sample(p.BookTravel), "x\x00": "y"})
+
+    assert list(named.errors) == [
+        {"loc": "members.0.full_name", "msg": "String holds a NUL character", "type": "string_nul"}
+    ]
+    assert [e["loc"] for e in keyed.errors] == ["x\\0"]
+
+
+def test_a_nul_at_the_bottom_of_a_deeply_nested_payload_is_found_without_recursion():
+    deep: Any = "\x00"
+    for _ in range(100_000):
+        deep = [deep]
+    refused = refusal(p.BookTravel, {**sample(p.BookTravel), "route": deep})
+
+    assert refused.errors[0]["type"] == "string_nul" and refused.errors[0]["loc"].startswith("route.0.0.")

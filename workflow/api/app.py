@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from config.settings import Settings, get_settings
@@ -16,9 +17,11 @@ from workflow.adapters import metrics as prometheus
 from workflow.adapters.access_log import SqlAccessLog
 from workflow.adapters.ops_metrics import OpsCollector
 from workflow.adapters.ops_views import OpsViews
+from workflow.adapters.queries import plausible_id
 from workflow.adapters.tokens import SqlTokens
+from workflow.api.body_limit import BodyLimitMiddleware
 from workflow.api.context import Engine, RequestIdMiddleware, action, engine, request_id
-from workflow.api.problems import PROBLEM_SCHEMA, PROBLEMS, ApiProblem, problem
+from workflow.api.problems import PAYLOAD_TOO_LARGE, PROBLEM_SCHEMA, PROBLEMS, ApiProblem, problem
 from workflow.api.routes import (
     cases,
     events,
@@ -60,7 +63,8 @@ def create_app(app: App | None = None, settings: Settings | None = None) -> Fast
         app, settings, Authenticator(settings, SqlTokens(app.db), app.clock), SqlAccessLog(app.db)
     )
     api.state.metrics = prometheus.registry(OpsCollector(OpsViews(app.db), app.clock))
-    api.add_middleware(RequestIdMiddleware)
+    api.add_middleware(BodyLimitMiddleware)
+    api.add_middleware(RequestIdMiddleware)  # added last, so outermost: the limit's refusals carry the id
     api.include_router(cases.router)
     api.include_router(listing.router)
     api.include_router(grants.router)
@@ -76,19 +80,25 @@ def create_app(app: App | None = None, settings: Settings | None = None) -> Fast
     return api
 
 
-def _refused(request: Request, code: str) -> None:
-    """Every refusal goes to the access log (who, what, outcome), never its payload."""
+async def _refused(request: Request, code: str) -> None:
+    """Every refusal goes to the access log (who, what, outcome), never its payload. The insert
+    blocks, so it runs in the threadpool; if it fails the refusal is still answered as it was."""
     eng = engine(request)
     actor = getattr(request.state, "actor", None)
-    eng.access.record(
-        eng.app.clock.now(),
-        action(request),
-        code,
-        actor.id if actor else None,
-        actor.office if actor else None,
-        request.path_params.get("case_id"),
-        request_id(request),
-    )
+    case_id = request.path_params.get("case_id")
+    try:
+        await run_in_threadpool(
+            eng.access.record,
+            eng.app.clock.now(),
+            action(request),
+            code,
+            actor.id if actor else None,
+            actor.office if actor else None,
+            case_id if case_id and plausible_id(case_id) else None,  # an implausible id names no case
+            request_id(request),
+        )
+    except Exception as exc:  # the refusal is the answer; a lost log line must not turn it into a 500
+        log.error("api.access_log_failed", outcome=code, error=type(exc).__name__)
 
 
 def _problem(
@@ -106,18 +116,20 @@ def _problem(
 def _handlers(api: FastAPI) -> None:
     @api.exception_handler(DomainError)
     async def domain_error(request: Request, error: DomainError) -> JSONResponse:
-        _refused(request, error.code)
+        await _refused(request, error.code)
         return _problem(error.code, error.detail, request, error.extra())
 
     @api.exception_handler(ApiProblem)
     async def api_problem(request: Request, error: ApiProblem) -> JSONResponse:
-        if error.code != "unauthenticated":  # logged where the credentials were checked
-            _refused(request, error.code)
+        # Bad credentials are logged where they were checked; a body too large is refused before
+        # it is read, as an unknown route is, and logging it would let anyone fill the log.
+        if error.code not in {"unauthenticated", PAYLOAD_TOO_LARGE}:
+            await _refused(request, error.code)
         return _problem(error.code, error.detail, request, headers=error.headers)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        _refused(request, "invalid_payload")
+        await _refused(request, "invalid_payload")
         errors = [
             {"loc": ".".join(str(part) for part in e["loc"]), "msg": e["msg"], "type": e["type"]}
             for e in error.errors()

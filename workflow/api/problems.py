@@ -10,6 +10,7 @@ from workflow.domain import errors as e
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "/problems/"
+PAYLOAD_TOO_LARGE = "payload_too_large"
 
 
 class ApiProblem(Exception):
@@ -34,6 +35,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "unauthenticated": (401, "Missing or bad credentials"),
     "precondition_required": (428, "If-Match required"),
     "rate_limited": (429, "Too many requests"),
+    PAYLOAD_TOO_LARGE: (413, "Request body too large"),
     "not_found": (404, "No such resource"),
     "method_not_allowed": (405, "Method not allowed"),
     "bad_signature": (401, "Bad or stale signature"),

@@ -65,18 +65,22 @@ class Authenticator:
             raise ApiProblem("rate_limited", f"limit {rule} reached", {"Retry-After": str(retry)})
 
     def authenticate(self, authorization: str | None, client: str) -> Actor:
-        if self._limiter_call("test", parse(self.settings.rate_limit_auth_failures), "auth", client) is False:
+        """A valid credential always passes: only failures count against the address's budget,
+        and once it is spent failures answer 429 (a caller locked out of its own token by
+        someone else's guesses from a shared address would be a denial of service)."""
+        scheme, _, credential = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            raise unauthenticated("send Authorization: Bearer <token>")  # no guess: not counted
+        actor = self._verify(credential.strip())
+        if actor is not None:
+            return actor
+        failures = parse(self.settings.rate_limit_auth_failures)
+        if self._limiter_call("test", failures, "auth", client) is False:
             raise ApiProblem(
                 "rate_limited", "too many failed authentications from this address", {"Retry-After": "60"}
             )
-        scheme, _, credential = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not credential:
-            raise unauthenticated("send Authorization: Bearer <token>")
-        actor = self._verify(credential.strip())
-        if actor is None:
-            self._limiter_call("hit", parse(self.settings.rate_limit_auth_failures), "auth", client)
-            raise unauthenticated("the token is unknown, expired or revoked")
-        return actor
+        self._limiter_call("hit", failures, "auth", client)
+        raise unauthenticated("the token is unknown, expired or revoked")
 
     def _verify(self, credential: str) -> Actor | None:
         if credential.startswith(TOKEN_PREFIX):

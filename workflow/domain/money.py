@@ -19,6 +19,8 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     "KZT": 2,
     "JPY": 0,
 }
+# Minor units are stored as signed 64-bit integers (BIGINT, SQLite's INTEGER).
+MAX_MINOR = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,12 @@ class Money:
     @classmethod
     def from_minor(cls, minor: int, currency: str) -> Money:
         return cls(Decimal(minor).scaleb(-CURRENCY_EXPONENTS[currency]), currency)
+
+    def check_storable(self) -> None:
+        """Raises ValueError unless the amount's minor units fit the columns that store them.
+        Checked on what callers send, not in ``__post_init__``: sums may exceed one column."""
+        if abs(self.amount.scaleb(CURRENCY_EXPONENTS[self.currency])) > MAX_MINOR:
+            raise ValueError("amount is out of range")
 
     def to_minor(self) -> int:
         return int(self.amount.scaleb(CURRENCY_EXPONENTS[self.currency]))

@@ -25,6 +25,11 @@ def free_text(default: Any = dataclasses.MISSING, max_length: int = 2000) -> Any
     return field(default=default, metadata={"personal": True, "max_length": max_length})
 
 
+# Column widths of strings that are not 200 characters (the service layer's default).
+OFFICE_LENGTH = 32  # offices.code
+ID_LENGTH = 36  # a UUID in text form, as every id column holds
+
+
 def personal() -> Any:
     return field(metadata={"personal": True})
 
@@ -43,7 +48,8 @@ def _require(condition: bool, message: str) -> None:
 
 
 def _require_money(amount: Decimal, currency: str) -> None:
-    Money(amount, currency)  # raises ValueError on an unknown currency or too many decimals
+    # Raises ValueError on an unknown currency, too many decimals, or more than storage holds.
+    Money(amount, currency).check_storable()
 
 
 Relationship = Literal["principal", "spouse", "partner", "child", "parent", "sibling", "other"]
@@ -83,8 +89,8 @@ class MemberIn:
 @dataclass(frozen=True)
 class RegisterInquiry:
     __pydantic_config__ = _STRICT
-    origin_office: str
-    destination_office: str
+    origin_office: str = field(metadata={"max_length": OFFICE_LENGTH})
+    destination_office: str = field(metadata={"max_length": OFFICE_LENGTH})
     members: list[MemberIn]
     language: Language = "en"
     channel: Channel = "walk_in"
@@ -98,7 +104,7 @@ class RegisterInquiry:
 @dataclass(frozen=True)
 class HandedOverMember(MemberIn):
     # The origin deployment's member id: plans and their approval name members on both sides.
-    id: str = field(default="", metadata={"max_length": 36})
+    id: str = field(default="", metadata={"max_length": ID_LENGTH})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -110,8 +116,8 @@ class ReceiveHandover:
     """A case another deployment hands over: what its package carries, never legal status."""
 
     __pydantic_config__ = _STRICT
-    origin_office: str
-    destination_office: str
+    origin_office: str = field(metadata={"max_length": OFFICE_LENGTH})
+    destination_office: str = field(metadata={"max_length": OFFICE_LENGTH})
     members: list[HandedOverMember]
     language: Language = "en"
     departure_on: date | None = None
@@ -150,8 +156,8 @@ class RecordTravelDocuments:
 class BookTravel:
     __pydantic_config__ = _STRICT
     departure_on: date
-    route: str  # airport codes, e.g. TLL-WAW-KRK
-    carrier: str
+    route: str = field(metadata={"max_length": 64})  # airport codes, e.g. TLL-WAW-KRK
+    carrier: str = field(metadata={"max_length": 64})
 
 
 @dataclass(frozen=True)
@@ -163,7 +169,7 @@ class ConfirmArrival:
 @dataclass(frozen=True)
 class BudgetLineIn:
     __pydantic_config__ = _STRICT
-    member_id: str
+    member_id: str = field(metadata={"max_length": ID_LENGTH})
     category: Category
     amount: Decimal
     purpose: str = free_text("", max_length=200)
@@ -192,7 +198,7 @@ class RequestDisbursement:
     another finance officer before any money moves."""
 
     __pydantic_config__ = _STRICT
-    budget_line_id: str
+    budget_line_id: str = field(metadata={"max_length": ID_LENGTH})
     amount: Decimal
     currency: str
     vendor: str
@@ -206,13 +212,13 @@ class RequestDisbursement:
 @dataclass(frozen=True)
 class ApproveDisbursement:
     __pydantic_config__ = _STRICT
-    disbursement_id: str
+    disbursement_id: str = field(metadata={"max_length": ID_LENGTH})
 
 
 @dataclass(frozen=True)
 class RejectDisbursement:
     __pydantic_config__ = _STRICT
-    disbursement_id: str
+    disbursement_id: str = field(metadata={"max_length": ID_LENGTH})
     reason: str = free_text()
 
     def __post_init__(self) -> None:
@@ -222,7 +228,7 @@ class RejectDisbursement:
 @dataclass(frozen=True)
 class RecordReceipt:
     __pydantic_config__ = _STRICT
-    disbursement_id: str
+    disbursement_id: str = field(metadata={"max_length": ID_LENGTH})
     receipt_ref: str = field(metadata={"max_length": 120})
 
     def __post_init__(self) -> None:

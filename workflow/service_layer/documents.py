@@ -60,7 +60,7 @@ SHAPES: dict[str, type[Package] | type[Decision]] = {PACKAGE: Package, DECISION:
 def parse(body: bytes) -> Package | Decision:
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise InvalidPayload("the body is not JSON") from None
     if not isinstance(document, dict):
         raise InvalidPayload("the body must be a JSON object")

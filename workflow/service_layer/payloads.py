@@ -30,6 +30,9 @@ def require_object(raw: object) -> Mapping[str, Any]:
 
 def parse_payload(shape: type, raw: Mapping[str, Any] | None) -> Any:
     raw = require_object(raw)
+    nul = sorted(_nul_strings(raw), key=lambda error: str(error["loc"]))
+    if nul:
+        raise InvalidPayload(f"invalid payload for {shape.__name__}", nul)
     try:
         parsed = _adapter(shape).validate_python(dict(raw))
     except ValidationError as exc:
@@ -43,6 +46,23 @@ def parse_payload(shape: type, raw: Mapping[str, Any] | None) -> Any:
     if too_long:
         raise InvalidPayload(f"invalid payload for {shape.__name__}", too_long)
     return parsed
+
+
+def _nul_strings(raw: Mapping[str, Any]) -> Iterator[dict[str, object]]:
+    """Strings (keys too) holding NUL: PostgreSQL refuses it in text, so both databases refuse it
+    here. Walked with a stack, not recursion: a deeply nested document must not overflow it."""
+    stack: list[tuple[str, Any]] = [("", raw)]
+    while stack:
+        loc, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                yield {"loc": loc, "msg": "String holds a NUL character", "type": "string_nul"}
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                where = (f"{loc}.{key}" if loc else str(key)).replace("\x00", "\\0")
+                stack += [(where, key), (where, item)]
+        elif isinstance(value, list | tuple):
+            stack += [(f"{loc}.{i}", item) for i, item in enumerate(value)]
 
 
 def _too_long(value: Any, loc: str = "") -> Iterator[dict[str, object]]:

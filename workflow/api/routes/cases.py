@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
@@ -45,6 +46,9 @@ FIRE = (
 )
 
 
+_VERSION = re.compile(r"[0-9]{1,18}")  # a version fits a signed 64-bit integer
+
+
 def etag(version: int) -> str:
     return f'"{version}"'
 
@@ -55,7 +59,7 @@ def expected_version(if_match: str | None) -> int:
             "precondition_required", 'send If-Match with the case version you read, e.g. If-Match: "3"'
         )
     value = if_match.strip().removeprefix("W/").strip('"')
-    if not value.isdigit():
+    if not _VERSION.fullmatch(value):  # ASCII digits only: str.isdigit() takes "²", int() does not
         raise InvalidPayload('If-Match must be a case version ETag such as "3"')
     return int(value)
 
@@ -66,7 +70,7 @@ async def json_object(request: Request) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise InvalidPayload("the body is not JSON") from None
     if not isinstance(value, dict):
         raise InvalidPayload("the body must be a JSON object")

@@ -7,6 +7,7 @@ it is checked before anything else is read, so an unsigned caller learns nothing
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import structlog
@@ -17,6 +18,7 @@ from workflow.adapters.channels.webhook import (
     IDEMPOTENCY_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
+    MalformedSignature,
     SignatureRejected,
     verify_signature,
 )
@@ -26,6 +28,7 @@ from workflow.service_layer.documents import DECISION, PACKAGE
 from workflow.service_layer.handover import HandoverInbox
 
 log = structlog.get_logger(__name__)
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # as verify_signature takes it
 router = APIRouter(tags=["handover"])
 
 BODY: dict[str, Any] = {
@@ -78,11 +81,17 @@ async def receive(
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER)] = None,
 ) -> dict[str, Any]:
     eng = engine(request)
-    body = await request.body()
     secret = eng.settings.webhook_secret
     if secret is None:
         raise ApiProblem("bad_signature", "this deployment has no handover secret configured")
     try:
+        # What the headers alone refuse is refused before the body is read; verify_signature
+        # checks them again, with the body.
+        if not _TIMESTAMP.fullmatch(timestamp or ""):
+            raise MalformedSignature("the timestamp is not a whole number of Unix seconds")
+        if not (signature or "").startswith("v2="):
+            raise MalformedSignature("the signature is not a v2 signature")
+        body = await request.body()
         verify_signature(
             secret, timestamp or "", body, signature or "", eng.app.clock.now(), key=idempotency_key or ""
         )
