@@ -182,5 +182,32 @@ def test_failed_token_checks_are_rate_limited_per_address(pg_app: App) -> None:
         statuses = [client.get("/cases/x", headers=bad).status_code for _ in range(5)]
         good = {"Authorization": f"Bearer {token(pg_app, 'tallinn', Role.CASEWORKER)}"}
         after = client.get("/cases/x", headers=good)
+        still_bad = client.get("/cases/x", headers=bad)
     assert statuses == [401, 401, 401, 429, 429]
-    assert after.status_code == 429 and int(after.headers["retry-after"]) > 0
+    assert int(still_bad.headers["retry-after"]) > 0 and still_bad.status_code == 429
+    # A valid token from the same address is served: another caller's guesses cannot lock it out.
+    assert after.status_code == 404
+
+
+def test_before_travel_is_booked_the_destination_is_refused_as_a_stranger_is(
+    pg_app: App, client: TestClient
+) -> None:
+    """Until the case is shared with it (the travel booking), the destination office gets what a
+    stranger gets: unknown_case for every trigger and every read, whatever its role."""
+    case_id = advance_to(pg_app, "travel_documents_ready")
+    reads = ("", "/history", "/household", "/plan", "/disbursements", "/contributions")
+    for office in ("kyiv", STRANGER):
+        for role in Role:
+            headers = {"Authorization": f"Bearer {token(pg_app, office, role)}", "If-Match": '"999"'}
+            outcomes = {
+                response.json().get("type", str(response.status_code)).removeprefix("/problems/")
+                for response in (
+                    *(client.get(f"/cases/{case_id}{read}", headers=headers) for read in reads),
+                    *(
+                        client.post(f"/cases/{case_id}/transitions/{t.trigger}", json={}, headers=headers)
+                        for t in LIFECYCLE.transitions
+                        if t.trigger != REGISTER
+                    ),
+                )
+            }
+            assert outcomes == {"unknown_case"}, (office, role.value, outcomes)

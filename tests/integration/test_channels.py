@@ -438,7 +438,7 @@ def test_a_key_already_in_the_sink_is_skipped_even_by_a_restarted_worker(tmp_pat
     assert lines_of(path)[1]["sent_at"] == FixedClock().now().isoformat()
 
 
-def test_a_sink_that_cannot_be_written_is_a_transient_failure_that_sends_once_writable(tmp_path: Path) -> None:
+def test_a_sink_that_cannot_be_written_fails_transiently_and_sends_once_writable(tmp_path: Path) -> None:
     """A disk error (here: the sink's directory is a file) is retried, not dead-lettered at once."""
     blocked = tmp_path / "var"
     blocked.write_text("not a directory")

@@ -127,6 +127,7 @@ class CaseModel:
     state: str = LIFECYCLE.initial
     version: int = 0
     fired: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (trigger, actor id)
+    shared: bool = False  # with the destination office: from the travel booking, or a received handover
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,11 +153,16 @@ class Call:
         return json.dumps(body, sort_keys=True, default=str)
 
 
-def visible(actor: Actor, origin: str, destination: str) -> bool:
-    """Staff see their office's cases; the office-less timers see every case."""
+# The transitions from which the destination office sees a case (DOMAIN.md: minimum needed).
+SHARING = {"book_travel", "rebook_travel", "receive_handover"}
+
+
+def visible(actor: Actor, model: CaseModel) -> bool:
+    """Staff see their office's cases, and the destination a case shared with it; the
+    office-less timers see every case."""
     if actor.office is None:
         return Role.SYSTEM in actor.roles
-    return actor.office in (origin, destination)
+    return actor.office == model.origin or (actor.office == model.destination and model.shared)
 
 
 def may_fire(t: Transition, actor: Actor, origin: str, destination: str) -> bool:
@@ -644,7 +650,7 @@ class EngineMachine(RuleBasedStateMachine):
             return set()
         model = self.cases.get(call.case_id)
         # In the engine's order: nothing about a case leaks before the caller may act on it.
-        if model is None or not visible(call.actor, model.origin, model.destination):
+        if model is None or not visible(call.actor, model):
             return {UnknownCase}
         transition = LIFECYCLE.by_trigger.get(call.trigger)
         if transition is None:
@@ -696,6 +702,7 @@ class EngineMachine(RuleBasedStateMachine):
         )
         model.state, model.version = target, model.version + 1
         model.fired.append((call.trigger, call.actor.id))
+        model.shared = model.shared or call.trigger in SHARING
         self.cases[result.case_id] = model
 
 

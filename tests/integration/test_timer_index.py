@@ -1,5 +1,6 @@
-"""A case's pending timers have an index of their own (migration 0009): the transition's cancel
-and the workers' facts read find them without reading the case's whole timer history."""
+"""A case's timers are found without reading its whole timer history: the transition's cancel
+through the pending ones (migration 0009), a notice's facts through those its event's fire
+started or fired (0011)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _history(db: Engine, case_id: str, cancelled: int) -> None:
             "due_at": NOW + timedelta(days=i),
             "fires_trigger": "escalate",
             "status": "cancelled" if i < cancelled else "pending",
-            "created_at": NOW,
+            "created_at": NOW + timedelta(hours=i),  # each started by a fire of its own
         }
         for i in range(cancelled + 1)
     ]
@@ -80,6 +81,7 @@ def test_a_case_with_a_long_timer_history_is_read_through_its_pending_timers(app
     case_id = register(app).case_id
     _history(app.db, case_id, 3000)
     cancel = _plan(app.db, _CANCEL_TIMERS, {"_case": case_id, "_state": "monitoring"})
-    facts = _plan(app.db, _FACTS, {"case_id": case_id})
+    facts = _plan(app.db, _FACTS, {"case_id": case_id, "event_id": "event-1"})
     assert "ix_timers_case_pending" in cancel, cancel
-    assert "ix_timers_case_pending" in facts, facts
+    # A notice's deadline as of its event: the timers its fire started or fired.
+    assert "ix_timers_case_created" in facts and "ix_timers_case_fired" in facts, facts

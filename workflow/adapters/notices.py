@@ -61,7 +61,7 @@ def _facts_query() -> Select[Any]:
     h = tb.case_history.c
     version = select(tb.outbox.c.case_version).where(tb.outbox.c.event_id == bindparam("event_id"))
     fired_by = select(h.actor_id).where(h.case_id == c.id, h.version == version.scalar_subquery())
-    missed = select(func.max(t.due_at)).where(t.case_id == c.id, t.status == "fired", t.fired_at == occurred)
+    missed = select(func.max(t.due_at)).where(t.case_id == c.id, t.fired_at == occurred)  # set by a fire only
     armed = select(func.min(t.due_at)).where(t.case_id == c.id, t.created_at == occurred)
     return (
         select(

@@ -121,11 +121,17 @@ def _late(now: datetime) -> ColumnElement[bool]:
 
 
 def visible_to(actor: Actor) -> ColumnElement[bool]:
-    """``workflow.domain.machine.can_see`` in SQL: the actor's office is the case's origin or
-    destination (the owner is always one of the two); an office-less system actor sees all."""
+    """``workflow.domain.machine.can_see`` in SQL: the actor's office is the case's origin, or its
+    destination once the case is shared with it (``shared_at``); the owner is always one of the
+    two. An office-less system actor sees all."""
     if actor.office is None:
         return true() if Role.SYSTEM in actor.roles else false()
-    return or_(c.origin_office == actor.office, c.destination_office == actor.office)
+    return or_(c.origin_office == actor.office, _shared_with(actor.office))
+
+
+def _shared_with(office: str) -> ColumnElement[bool]:
+    """The office is the case's destination and the case has been shared with it."""
+    return and_(c.destination_office == office, c.shared_at.is_not(None))
 
 
 def shared(actor: Actor, office: str) -> ColumnElement[bool]:
@@ -136,7 +142,7 @@ def shared(actor: Actor, office: str) -> ColumnElement[bool]:
         return and_(visible_to(actor), or_(c.origin_office == office, c.destination_office == office))
     return or_(
         and_(c.origin_office == actor.office, c.destination_office == office),
-        and_(c.origin_office == office, c.destination_office == actor.office),
+        and_(c.origin_office == office, _shared_with(actor.office)),
     )
 
 
@@ -149,14 +155,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         stamp, case_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         at = datetime.fromisoformat(stamp)
-        if at.tzinfo is None or not isinstance(case_id, str) or not _plausible_id(case_id):
+        if at.tzinfo is None or not isinstance(case_id, str) or not plausible_id(case_id):
             raise ValueError(cursor)
         return at.astimezone(UTC), case_id
     except (ValueError, TypeError, OverflowError, binascii.Error):
         raise InvalidPayload("the cursor is not one this API gave out") from None
 
 
-def _plausible_id(case_id: str) -> bool:
+def plausible_id(case_id: str) -> bool:
     """PostgreSQL refuses NUL in text and the column holds 36 characters: anything else is no case."""
     return len(case_id) <= tb.ID_LENGTH and "\x00" not in case_id
 
@@ -248,7 +254,7 @@ class CaseQueries:
 
     def household(self, case_id: str, actor: Actor) -> Household:
         """Another office's case is unknown here, as everywhere."""
-        if not _plausible_id(case_id):
+        if not plausible_id(case_id):
             raise UnknownCase(case_id)
         with self._db.connect() as conn:
             if conn.scalar(select(c.id).where(c.id == case_id, visible_to(actor))) is None:

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, RowMapping, bindparam, exists, insert, select
 
 from workflow.adapters import tables as tb
 from workflow.adapters.change_writers import WRITERS
+from workflow.adapters.queries import plausible_id
 from workflow.domain.case import Case
 from workflow.domain.errors import VersionConflict
 from workflow.domain.money import Money
@@ -31,6 +32,7 @@ _PLAIN = (
     "last_contact_on",
     "last_visit_on",
     "outcome",
+    "shared_at",
 )
 _ELIGIBILITY = (
     "nationality",
@@ -61,7 +63,7 @@ class SqlCaseRepository:
         self._conn = conn
 
     def get(self, case_id: str, lock: bool = False) -> Case | None:
-        if len(case_id) > tb.ID_LENGTH:  # cannot exist; PostgreSQL would refuse the comparison
+        if not plausible_id(case_id):  # cannot exist; PostgreSQL would refuse the comparison
             return None
         query = _SELECT_CASE_LOCKED if lock else _SELECT_CASE
         row = self._conn.execute(query, {"_id": case_id}).mappings().first()

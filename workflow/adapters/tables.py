@@ -103,6 +103,8 @@ cases = Table(
     Column("created_at", Stamp, nullable=False),
     Column("updated_at", Stamp, nullable=False),
     Column("state_entered_at", Stamp, nullable=False),
+    # Null until the destination office may see the case (lifecycle ``Transition.shares``).
+    Column("shared_at", Stamp),
     Column("nationality", String(2)),
     Column("expulsion_order", Boolean),
     Column("consent_signed_on", Date),
@@ -358,6 +360,16 @@ timers = Table(
         "case_id",
         postgresql_where=text("status = 'pending'"),
         sqlite_where=text("status = 'pending'"),
+    ),
+    # A notice's deadline as of its event: the timer its transition started, or the one that
+    # fired it (workflow/adapters/notices.py; migration 0011).
+    Index("ix_timers_case_created", "case_id", "created_at"),
+    Index(
+        "ix_timers_case_fired",
+        "case_id",
+        "fired_at",
+        postgresql_where=text("fired_at IS NOT NULL"),
+        sqlite_where=text("fired_at IS NOT NULL"),
     ),
 )
 

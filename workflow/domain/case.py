@@ -49,6 +49,8 @@ class Case:
     _state: str = NEW
     version: int = 0
     state_entered_at: datetime | None = None
+    # When the destination office began to see the case (see lifecycle ``Transition.shares``).
+    shared_at: datetime | None = None
     eligibility: Eligibility | None = None
     document_kind: str | None = None
     departure_on: date | None = None
@@ -77,6 +79,11 @@ class Case:
             self.state_entered_at = now
         self._state = state
         self.version += 1
+
+    def _share(self, now: datetime) -> None:
+        """Shared once, for good: the first sharing transition's time stays."""
+        if self.shared_at is None:
+            self.shared_at = now
 
     @property
     def is_new(self) -> bool:

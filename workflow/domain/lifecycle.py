@@ -50,6 +50,15 @@ class Transition:
     effect: str | None = None  # name of the Case method that applies the payload
     needs: frozenset[str] = frozenset()  # parts of the case to load: members, plan
     restart_timers: bool = False  # a reflexive transition that re-arms its state's deadlines
+    # Personal data is shared on a need-to-know basis (DOMAIN.md): the destination office sees a case
+    # from the first point where it must act on it, never before. That point is the booking of travel:
+    # its effects give the destination the pre-arrival notice and the airport-reception task, and from
+    # then on the destination is notified of the case's moves (cancelled booking, departure) and fires
+    # its own (arrival, handover). An inquiry, an application, a rejection or a withdrawal before any
+    # booking concerns the origin office alone. A handover received from another deployment opens the
+    # case there already shared. Once shared, a case stays shared: a booking cancelled and then
+    # withdrawn was still prepared for by the destination, which keeps its record of it.
+    shares: bool = False  # the destination office sees the case from this transition on
     doc: str = ""
 
     def target(self, source: str) -> str:
@@ -242,6 +251,7 @@ TRANSITIONS = (
         "TravelBooked",
         payload=p.BookTravel,
         effect="book_travel",
+        shares=True,
     ),
     _t(
         "cancel_booking",
@@ -260,6 +270,7 @@ TRANSITIONS = (
         "TravelRebooked",
         payload=p.BookTravel,
         effect="book_travel",
+        shares=True,
     ),
     _t(
         "remind_departure",
@@ -291,6 +302,7 @@ TRANSITIONS = (
         "HandoverReceived",
         payload=p.ReceiveHandover,
         effect="receive_handover",
+        shares=True,
         doc="Opens, in the destination's deployment, a case another deployment handed over "
         "(same case id); fired by the origin office's automation when its signed package arrives.",
     ),

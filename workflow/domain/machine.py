@@ -106,6 +106,8 @@ class LifecycleMachine:
         firing = _Firing(case, payload, ctx, t.effect)
         self._machine.events[trigger].trigger(firing)
         case._enter(firing.fsm_state, ctx.now)
+        if t.shares:
+            case._share(ctx.now)
         self._rearm_timers(case, t, source, ctx)
         from_state = None if source == self.lifecycle.initial else source
         data = {"trigger": trigger, "from_state": from_state, "to_state": case.state}
@@ -139,10 +141,17 @@ class LifecycleMachine:
 
 
 def can_see(case: Case, actor: Actor) -> bool:
-    """Staff see their office's cases and those handed to or from it; the timers see all."""
+    """Staff see their office's cases and those handed to or from it; the timers see all. The
+    destination office sees a case only once it is shared with it (``Transition.shares``: from
+    the travel booking, or a handover received from another deployment); before, it is unknown
+    to it as to any other office. The owner is always one of the two offices, and the
+    destination owns a case only after a handover, so long after it was shared.
+    ``workflow.adapters.queries.visible_to`` says the same in SQL."""
     if actor.office is None:
         return Role.SYSTEM in actor.roles
-    return case.is_new or actor.office in (case.origin_office, case.destination_office)
+    if case.is_new or actor.office == case.origin_office:
+        return True
+    return actor.office == case.destination_office and case.shared_at is not None
 
 
 def may_fire(t: Transition, case: Case, actor: Actor, registering_office: str | None = None) -> bool:
