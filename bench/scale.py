@@ -261,14 +261,17 @@ FROM (
 STEP_AT = "c.created_at + (c.updated_at - c.created_at) * ((p.step - 1)::float8 / greatest(c.steps - 1, 1))"
 EVENT_ID = "md5('avrr-scale-event-' || c.id || '-' || p.step)::uuid::text"
 ACTOR_OFFICE = "CASE p.side WHEN 'origin' THEN c.origin ELSE c.destination END"
+SHARING = ", ".join(f"'{t.trigger}'" for t in LIFECYCLE.transitions if t.shares)
 
 LOAD_STATEMENTS = {
-    "cases": """
+    # Shared with the destination office from the path's first sharing transition (its booking).
+    "cases": f"""
 INSERT INTO cases (id, state, version, lifecycle_version, origin_office, destination_office, owner_office,
-                   language, channel, created_at, updated_at, state_entered_at)
-SELECT id, state, steps, :lifecycle, origin, destination, owner, 'uk', 'walk_in', created_at, updated_at,
-       updated_at
-FROM round_cases
+                   language, channel, created_at, updated_at, state_entered_at, shared_at)
+SELECT c.id, c.state, c.steps, :lifecycle, c.origin, c.destination, c.owner, 'uk', 'walk_in', c.created_at,
+       c.updated_at, c.updated_at,
+       (SELECT min({STEP_AT}) FROM bench_path AS p WHERE p.state = c.state AND p.trigger IN ({SHARING}))
+FROM round_cases AS c
 """,
     "case_history": f"""
 INSERT INTO case_history (case_id, version, trigger, from_state, to_state, actor_id, actor_office, payload,
