@@ -218,9 +218,9 @@ def test_a_package_for_a_case_that_exists_here_is_refused(app: App, client: Test
 
 
 def test_a_handover_sent_again_after_a_refusal_is_pending_here_again(app: App, client: TestClient) -> None:
-    """Kyiv refused; Tallinn fixed the journey and sent the handover again (a new event, a new
-    key). Kyiv's copy, left in arrived by the refusal, is pending again with the new journey and
-    the same household, and Kyiv's staff can accept it."""
+    """Kyiv refused; Tallinn fixed the journey and the household and sent the handover again (a
+    new event, a new key). Kyiv's copy, left in arrived by the refusal, is pending again with the
+    new journey and household, and Kyiv's staff can accept it."""
     served_elsewhere(app, "tallinn")
     first = package()
     case_id = post(client, app, first).json()["case_id"]
@@ -233,6 +233,9 @@ def test_a_handover_sent_again_after_a_refusal_is_pending_here_again(app: App, c
     assert refused.status_code == 200 and refused.json()["to_state"] == "arrived"
 
     again = package(case_id, journey={"departure_on": "2026-11-20", "route": "TLL-IST-KBP"})
+    # Tallinn also corrected the principal's phone and took a member off the household.
+    again["household"] = [dict(m) for m in first["household"][:-1]]
+    again["household"][0]["phone"] = "+3725550199"
     response = post(client, app, again, key="delivery-2")
 
     assert response.status_code == 200, response.json()
@@ -240,7 +243,10 @@ def test_a_handover_sent_again_after_a_refusal_is_pending_here_again(app: App, c
     assert (case["state"], case["owner_office"]) == ("handover_pending", "tallinn")
     with app.db.connect() as conn:
         assert conn.scalar(select(tb.cases.c.route).where(tb.cases.c.id == case_id)) == "TLL-IST-KBP"
-    assert [m["id"] for m in case["members"]] == [m["id"] for m in first["household"]]
+    household = client.get(f"/cases/{case_id}/household", headers=kyiv).json()
+    members = household["members"] if isinstance(household, dict) else household
+    assert [m["id"] for m in members] == [m["id"] for m in first["household"][:-1]]
+    assert members[0]["phone"] == "+3725550199"
     assert [t["name"] for t in case["timers"]] == ["handover_acknowledgement"]
     history = client.get(f"/cases/{case_id}/history", headers=kyiv).json()
     triggers = [h["trigger"] for h in history]

@@ -67,6 +67,11 @@ def _members_added(conn: Connection, case_id: str, change: ch.MembersAdded) -> N
     )
 
 
+def _household_replaced(conn: Connection, case_id: str, change: ch.HouseholdReplaced) -> None:
+    conn.execute(delete(tb.household_members).where(tb.household_members.c.case_id == case_id))
+    _members_added(conn, case_id, ch.MembersAdded(change.members))
+
+
 def _plan_drafted(conn: Connection, case_id: str, change: ch.PlanDrafted) -> None:
     conn.execute(_DROP_LINES, {"_case": case_id})
     conn.execute(_DROP_PLAN, {"_case": case_id})
@@ -228,6 +233,7 @@ def _timers_cancelled(conn: Connection, case_id: str, change: ch.TimersCancelled
 
 WRITERS: dict[type, Any] = {
     ch.MembersAdded: _members_added,
+    ch.HouseholdReplaced: _household_replaced,
     ch.PlanDrafted: _plan_drafted,
     ch.PlanApproved: _plan_approved,
     ch.DisbursementRequested: _disbursement_requested,

@@ -14,6 +14,7 @@ from workflow.domain.changes import (
     Disbursed,
     DisbursementRejected,
     DisbursementRequested,
+    HouseholdReplaced,
     MembersAdded,
     PlanApproved,
     PlanDrafted,
@@ -137,12 +138,17 @@ class Case:
         self.changes.append(MembersAdded(tuple(self.members)))
 
     def receive_handover_again(self, payload: p.ReceiveHandover, ctx: FireContext) -> None:
-        """The journey and language as the new package has them. The household stays as first
-        received: its members are the same people (the origin sends their ids); what changed for
-        them reaches this office with its staff's next contact."""
+        """The journey, language and household as the new package has them: the origin may have
+        corrected any of them after the refusal (a phone number, a member added or removed).
+        Nothing here refers to the members yet: a plan is drafted only after acceptance."""
         self.language = payload.language
         self.departure_on, self.route = payload.departure_on, payload.route
         self.arrived_on = payload.arrived_on
+        self.members = [
+            HouseholdMember(m.id, m.full_name, m.date_of_birth, m.relationship, m.phone, m.email)
+            for m in payload.members
+        ]
+        self.changes.append(HouseholdReplaced(tuple(self.members)))
 
     def accept_handover(self, payload: Any, ctx: FireContext) -> None:
         self.owner_office = self.destination_office

@@ -16,6 +16,13 @@ class MembersAdded:
 
 
 @dataclass(frozen=True, slots=True)
+class HouseholdReplaced:
+    """The case's household is these members now (a handover package sent again)."""
+
+    members: tuple[HouseholdMember, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PlanDrafted:
     """Replaces any earlier, unapproved draft of the case's plan."""
 
@@ -83,6 +90,7 @@ class TimersCancelled:
 
 Change = (
     MembersAdded
+    | HouseholdReplaced
     | PlanDrafted
     | PlanApproved
     | DisbursementRequested
