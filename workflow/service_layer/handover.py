@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from workflow.domain.actors import Actor, Role
+from workflow.domain.actors import DELIVERY_ACTOR, Actor, Role
 from workflow.domain.errors import IdempotencyKeyReused, InvalidPayload, PermissionDenied, VersionConflict
 from workflow.service_layer.documents import REFUSED, Decision, Package, parse
 from workflow.service_layer.ports import Clock, DuplicateIdempotencyKey, InboundDelivery, UnitOfWork
@@ -49,7 +49,7 @@ class Received:
 
 def automation(office: str) -> Actor:
     """Another deployment acting for one of its offices: the SYSTEM role, in that office."""
-    return Actor(f"system:handover:{office}", office, frozenset({Role.SYSTEM}))
+    return Actor(f"{DELIVERY_ACTOR}{office}", office, frozenset({Role.SYSTEM}))
 
 
 class HandoverInbox:
