@@ -29,7 +29,7 @@ from workflow.api.app import create_app
 from workflow.api.body_limit import MAX_BODY_BYTES
 from workflow.bootstrap import App
 from workflow.demo import KBP_CASEWORKER, TLL_CASEWORKER, TLL_TRAVEL
-from workflow.domain.actors import Actor
+from workflow.domain.actors import Actor, Role
 
 SECRET = "a-handover-secret-the-two-deployments-share"
 UNKNOWN = "00000000-0000-0000-0000-000000000000"
@@ -136,6 +136,11 @@ def test_a_case_id_holding_nul_is_an_unknown_case(app: App, client: TestClient, 
             select(al.outcome, al.case_id).where(al.request_id == response.json()["request_id"])
         )
         assert logged.all() == [("unknown_case", None)]
+
+
+def test_an_ops_timeline_of_a_case_id_holding_nul_is_an_unknown_case(app: App, client: TestClient) -> None:
+    ops = token_of(app, Actor.of("ops-anna", "kyiv", Role.OPS))
+    assert_problem(client.get("/ops/cases/a%00b/timeline", headers=ops), 404, "unknown_case")
 
 
 def test_a_payload_string_holding_nul_is_an_invalid_payload(app: App, client: TestClient) -> None:

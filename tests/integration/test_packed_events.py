@@ -4,6 +4,8 @@ relay holds back while the workers' queue is full: real Redis, PostgreSQL, SMTP 
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import multiprocessing
 import re
 import socket
@@ -299,6 +301,23 @@ def test_on_sqlite_an_event_another_process_runs_is_skipped_and_free_again_after
     finally:
         release.set()
         other.join(30)
+
+
+def test_on_sqlite_a_volume_without_byte_range_locks_runs_the_events_unlocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a lock another process holds makes a copy pass over an event; a file system that
+    refuses locks altogether (ENOLCK) runs them unlocked, as PostgreSQL's branch does when its
+    locks are unavailable, instead of acknowledging every message unrun."""
+
+    def no_locks(*_: object) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    locks = EventLocks(make_engine(f"sqlite:///{tmp_path / 'avrr.sqlite3'}"))
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    with locks.running_alone(ids) as mine:
+        assert mine == set(ids)
 
 
 def test_an_event_a_copy_of_its_message_runs_now_is_skipped_and_free_again_after(pg_app: App) -> None:

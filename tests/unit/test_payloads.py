@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tracemalloc
 import typing
 from typing import Any
 
@@ -251,3 +252,23 @@ def test_a_nul_at_the_bottom_of_a_deeply_nested_payload_is_found_without_recursi
     refused = refusal(p.BookTravel, {**sample(p.BookTravel), "route": deep})
 
     assert refused.errors[0]["type"] == "string_nul" and refused.errors[0]["loc"].startswith("route.0.0.")
+
+
+def test_a_payload_deep_and_wide_at_once_is_checked_for_nul_in_memory_of_its_size() -> None:
+    """990 levels deep with 100,000 items at the bottom (a body under the API's 1 MiB limit):
+    locations are spelled out only for a NUL found, so the walk does not hold a 2 KB location
+    for each of the items. And a payload full of NUL names the first twenty."""
+    deep: object = [0] * 100_000
+    for _ in range(990):
+        deep = [deep]
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidPayload):  # not a NUL: the shape is wrong
+            parse_payload(p.RegisterInquiry, {"members": deep})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40_000_000, peak  # the walk as it was held about 200 MB here
+    with pytest.raises(InvalidPayload) as refused:
+        parse_payload(p.RegisterInquiry, {"members": ["\x00"] * 1000})
+    assert len(refused.value.errors) == 20

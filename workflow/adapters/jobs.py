@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -123,15 +124,19 @@ class EventLocks:
         if self._file is None:
             self._file = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         held: dict[str, int] = {}
+        unlocked: set[str] = set()
         try:
             for event_id in event_ids:
                 offset = _lock_key(event_id) & (2**63 - 1)
                 try:
                     fcntl.lockf(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
-                except OSError:  # another process holds it (EAGAIN / EACCES)
-                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES):  # no locks here: run unlocked
+                        log.warning("event_locks.unavailable", error=errno.errorcode.get(exc.errno or 0, "?"))
+                        unlocked.add(event_id)
+                    continue  # else another process holds it
                 held[event_id] = offset
-            yield set(held)
+            yield set(held) | unlocked
         finally:
             for offset in held.values():
                 fcntl.lockf(self._file, fcntl.LOCK_UN, 1, offset)

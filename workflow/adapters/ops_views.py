@@ -19,6 +19,7 @@ from sqlalchemy import (
 
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import DeadLetter, SqlDeadLetters
+from workflow.adapters.queries import plausible_id
 from workflow.domain.errors import UnknownCase
 from workflow.domain.lifecycle import LIFECYCLE, Lifecycle
 
@@ -287,6 +288,8 @@ class OpsViews:
     # -- one case ------------------------------------------------------------------------------
 
     def timeline(self, case_id: str) -> Timeline:
+        if not plausible_id(case_id):  # cannot exist; PostgreSQL would refuse a NUL in the comparison
+            raise UnknownCase(case_id)
         with self._db.connect() as conn:
             case = conn.execute(
                 select(

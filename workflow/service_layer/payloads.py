@@ -48,21 +48,41 @@ def parse_payload(shape: type, raw: Mapping[str, Any] | None) -> Any:
     return parsed
 
 
+_Node = tuple[Any, object] | None  # (parent node, key or index); None is the payload itself
+
+
+MAX_NUL_ERRORS = 20  # a payload with more names the first of them
+
+
 def _nul_strings(raw: Mapping[str, Any]) -> Iterator[dict[str, object]]:
     """Strings (keys too) holding NUL: PostgreSQL refuses it in text, so both databases refuse it
-    here. Walked with a stack, not recursion: a deeply nested document must not overflow it."""
-    stack: list[tuple[str, Any]] = [("", raw)]
+    here. Walked with a stack, not recursion (a deeply nested document must not overflow it),
+    each value with a link to its parent: a location is spelled out only for a NUL found, so a
+    document deep and wide at once costs its size, not its depth times its width."""
+    stack: list[tuple[Any, _Node]] = [(raw, None)]
+    found = 0
     while stack:
-        loc, value = stack.pop()
+        value, node = stack.pop()
         if isinstance(value, str):
             if "\x00" in value:
-                yield {"loc": loc, "msg": "String holds a NUL character", "type": "string_nul"}
+                yield {"loc": _location(node), "msg": "String holds a NUL character", "type": "string_nul"}
+                found += 1
+                if found == MAX_NUL_ERRORS:
+                    return
         elif isinstance(value, Mapping):
             for key, item in value.items():
-                where = (f"{loc}.{key}" if loc else str(key)).replace("\x00", "\\0")
-                stack += [(where, key), (where, item)]
+                child = (node, key)
+                stack += [(key, child), (item, child)]
         elif isinstance(value, list | tuple):
-            stack += [(f"{loc}.{i}", item) for i, item in enumerate(value)]
+            stack += [(item, (node, i)) for i, item in enumerate(value)]
+
+
+def _location(node: _Node) -> str:
+    parts: list[str] = []
+    while node is not None:
+        node, key = node
+        parts.append(str(key).replace("\x00", "\\0"))
+    return ".".join(reversed(parts))
 
 
 def _too_long(value: Any, loc: str = "") -> Iterator[dict[str, object]]:
