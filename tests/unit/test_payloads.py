@@ -272,3 +272,12 @@ def test_a_payload_deep_and_wide_at_once_is_checked_for_nul_in_memory_of_its_siz
     with pytest.raises(InvalidPayload) as refused:
         parse_payload(p.RegisterInquiry, {"members": ["\x00"] * 1000})
     assert len(refused.value.errors) == 20
+
+
+def test_the_history_of_an_eligibility_record_shows_no_legal_status() -> None:
+    """Whether the family chose return while their asylum claim was pending says the claim is
+    pending: legal status, kept on the case for the guards and out of the history the
+    destination office reads, as the asylum status and an expulsion order are."""
+    raw = {**sample(p.RecordEligibility), "asylum_status": "pending", "return_chosen_while_pending": True}
+    view = p.public_view(parse_payload(p.RecordEligibility, raw))
+    assert not {"asylum_status", "expulsion_order", "return_chosen_while_pending"} & set(view)

@@ -140,7 +140,7 @@ class RecordEligibility:
     consent_signed_on: date | None = None
     travel_document: Literal["present", "requested", "missing"] = "missing"
     asylum_status: Literal["none", "pending", "withdrawn", "closed"] = personal_default("none")
-    return_chosen_while_pending: bool = False
+    return_chosen_while_pending: bool = personal_default(False)  # says the claim is pending
 
     def __post_init__(self) -> None:
         _require(len(self.nationality) == 2 and self.nationality.isalpha(), "nationality is ISO alpha-2")
