@@ -65,6 +65,14 @@ def _own_connections(**_: Any) -> None:
             built.cache_clear()
 
 
+@signals.task_prerun.connect
+def _fresh_log_context(task_id: str | None = None, **_: Any) -> None:
+    """Each task's log lines carry its own ids only: what the last task in this pool process bound
+    (its event and case) is dropped, and the task's id is the request id its lines share."""
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=task_id)
+
+
 def _error(exc: BaseException) -> str:
     # The error's type and its own short text: channels never put addresses or bodies in it.
     return f"{type(exc).__name__}: {exc}"[:500]

@@ -1,12 +1,14 @@
-"""A retry Celery cannot publish sends the message itself back to the queue (workers.tasks._retry):
-Celery's own Task.retry on a real app, with a broker that does not answer."""
+"""workers.tasks around Celery: a retry Celery cannot publish sends the message itself back to the
+queue (_retry: Celery's own Task.retry on a real app, with a broker that does not answer), and each
+task logs with its own ids (a task_prerun handler)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from celery import Celery, Task
+import structlog
+from celery import Celery, Task, signals
 from celery.exceptions import Reject, Retry
 
 from workers.tasks import _retry
@@ -48,3 +50,14 @@ def test_a_retry_that_could_be_published_is_celerys_own() -> None:
 def test_spent_retries_raise_the_error_as_celery_does() -> None:
     with pytest.raises(RuntimeError, match="transient"):
         _run(_task("memory://", max_retries=0))
+
+
+def test_each_task_logs_with_its_own_ids_not_the_last_tasks() -> None:
+    """A pool process ran an event of case A; beat's timer task comes next: its lines carry its
+    own task id as request id, and neither A's event id nor its case id."""
+    structlog.contextvars.bind_contextvars(event_id="event-of-a", case_id="case-a", request_id="cli-1")
+    try:
+        signals.task_prerun.send(sender=None, task_id="task-2", task=None, args=(), kwargs={})
+        assert structlog.contextvars.get_contextvars() == {"request_id": "task-2"}
+    finally:
+        structlog.contextvars.clear_contextvars()
