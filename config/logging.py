@@ -45,9 +45,14 @@ PERSONAL_KEYS = frozenset(
 _PERSONAL_SQUASHED = frozenset(k.replace("_", "") for k in PERSONAL_KEYS)  # fullName, DateOfBirth
 REDACTED = "[redacted]"
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ()-]{7,}\d(?![\w-])")
-# Dates (ISO and day.month.year): dates of birth look like this.
-_DATE = re.compile(r"\b(19|20)\d\d-[01]\d-[0-3]\d\b|\b[0-3]?\d[./][01]?\d[./](19|20)\d\d\b")
+# Seven digits and more standing alone: an Estonian mobile number has seven (5123456, 512 3456).
+_PHONE = re.compile(r"(?<![\w-])\+?\d[\d ()-]{5,}\d(?![\w-])")
+# Dates (ISO and day.month.year): dates of birth look like this, also as the start of an ISO
+# timestamp (1987-03-14T00:00:00Z) or glued to a word (dob_1987-03-14).
+_DATE = re.compile(
+    r"(?<!\d)(19|20)\d\d-[01]\d-[0-3]\d(?:T[\d:.]+(?:Z|[+-]\d\d:?\d\d)?)?(?!\d)"
+    r"|(?<!\d)[0-3]?\d[./][01]?\d[./](19|20)\d\d(?!\d)"
+)
 _DOCUMENT = re.compile(r"\b[A-Z]{1,2}\d{6,9}\b")
 
 

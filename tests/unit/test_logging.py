@@ -24,6 +24,10 @@ PERSONAL_TEXT = {
     "local phone": "(044) 123-45-67",
     "national id code": "38001085718",
     "iso date": "1987-03-14",
+    "iso timestamp of a birth date": "1987-03-14T00:00:00Z",
+    "date glued to a word": "dob_1987-03-14",
+    "estonian mobile": "5123456",
+    "estonian mobile, spaced": "512 3456",
     "passport number": "FB1234567",
     "residence permit": "A1234567",
 }
