@@ -129,6 +129,12 @@ def status(
     raise typer.Exit(NEEDS_A_PERSON if needs else 0)
 
 
+def _note_limit(shown: int, limit: int) -> None:
+    """A JSON list cut at its limit says so on stderr (the list itself stays a plain list)."""
+    if shown == limit:
+        typer.echo(f"note: the first {limit} only; there may be more (--limit for more)", err=True)
+
+
 # -- stuck cases -------------------------------------------------------------------------------
 
 
@@ -146,6 +152,7 @@ def stuck(
         cases = OpsViews(db).stuck_cases(SystemClock().now(), limit, state)
     if as_json:
         _print_json([asdict(case) for case in cases])
+        _note_limit(len(cases), limit)
         return
     if not cases:
         typer.echo("no stuck cases" + (f" in {state}" if state else ""))
@@ -173,6 +180,7 @@ def dead_letters(
     now = SystemClock().now()
     if as_json:
         _print_json([asdict(d) | {"age_s": max(0.0, (now - d.dead_at).total_seconds())} for d in letters])
+        _note_limit(len(letters), limit)
         return
     if not letters:
         typer.echo("no dead letters")

@@ -313,6 +313,11 @@ def test_dead_letters_show_age_case_effect_attempts_and_error(
     ]
     assert datetime.fromisoformat(letters[0]["dead_at"]) == now - timedelta(hours=2)
     assert 7200 <= letters[0]["age_s"] < 7200 + 120
+    # Cut at its limit, the JSON list stays a list and says so on stderr.
+    first_only = avrr("dead-letters", "--json", "--limit", "1")
+    assert [d["id"] for d in first_only.json()] == [spent]
+    assert "the first 1 only" in first_only.err
+    assert "only" not in avrr("dead-letters", "--json", "--limit", "3").err
 
 
 # -- replay -------------------------------------------------------------------------------------
