@@ -22,7 +22,7 @@ from workflow.adapters.jobs import SqlDeadLetters, SqlJobStore
 from workflow.adapters.notices import SqlFacts
 from workflow.adapters.templates import default_templates
 from workflow.bootstrap import App
-from workflow.demo import HOUSEHOLD
+from workflow.demo import HOUSEHOLD, TLL_CASEWORKER, TLL_TRAVEL
 from workflow.domain.effects import NOTIFY_FAMILY, NOTIFY_OFFICE
 from workflow.service_layer.effects import EffectRunner, Event, Job, runnable_effects
 from workflow.service_layer.notifications import (
@@ -353,3 +353,49 @@ def test_a_late_failure_of_a_duplicate_delivery_does_not_dead_letter_a_done_job(
     assert SqlDeadLetters(app.db).open() == []
     with app.db.connect() as conn:
         assert conn.scalar(select(tb.jobs.c.status).where(tb.jobs.c.event_id == job.event_id)) == "done"
+
+
+def _sent(app: App, case_id: str, effect: str) -> list[str]:
+    """The channels that carried the case's jobs of ``effect`` (the deliveries recorded)."""
+    d, o = tb.deliveries.c, tb.outbox.c
+    with app.db.connect() as conn:
+        events = select(o.event_id).where(o.case_id == case_id)
+        return list(conn.scalars(select(d.channel).where(d.effect == effect, d.event_id.in_(events))))
+
+
+@pytest.mark.parametrize(
+    ("state", "told"),
+    [("travel_documents_ready", False), ("travel_booked", True), ("no_show", True)],
+)
+def test_a_withdrawal_reaches_the_destination_only_of_a_case_it_was_shown(
+    app: App, inbox: tuple[int, Inbox], sink: Path, state: str, told: bool
+) -> None:
+    """Withdrawn before the booking, the case was never shared with the destination office: it
+    is not told of it. Withdrawn after (a reception prepared), it is; a no-show first tells it
+    the reception is off."""
+    port, box = inbox
+    set_offices(app)
+    case_id = advance_to(app, "travel_booked" if state == "no_show" else state)
+    if state == "no_show":
+        app.transitions.fire(case_id, "record_no_show", TLL_TRAVEL, {"reason": "not at the airport"})
+    app.transitions.fire(case_id, "withdraw", TLL_CASEWORKER, {"reason": "the family decided to stay"})
+    run = runner(app, port, sink)
+    assert {run.run(job) for job in jobs_of(app, case_id)} == {"done"}
+    assert _sent(app, case_id, "notify_office:case_withdrawn:destination") == (["email"] if told else [])
+    assert _sent(app, case_id, "notify_office:case_withdrawn:origin") == ["email"]
+    no_show = _sent(app, case_id, "notify_office:reception_off:destination")
+    assert no_show == (["email"] if state == "no_show" else [])
+    to_kyiv = [m for m in box.received() if m["To"] == OFFICE_EMAIL["kyiv"]]
+    # The pre-arrival notice, the reception off, the withdrawal: as many as were recorded.
+    assert len(to_kyiv) == (state != "travel_documents_ready") + len(no_show) + told
+
+
+def test_the_origin_hears_that_the_family_arrived(app: App, inbox: tuple[int, Inbox], sink: Path) -> None:
+    port, box = inbox
+    set_offices(app)
+    case_id = advance_to(app, "arrived")
+    run = runner(app, port, sink)
+    assert {run.run(job) for job in jobs_of(app, case_id)} == {"done"}
+    assert _sent(app, case_id, "notify_office:arrival_confirmed:origin") == ["email"]
+    to_tallinn = [m for m in box.received() if m["To"] == OFFICE_EMAIL["tallinn"]]
+    assert any("IOM Kyiv" in m.get_content() for m in to_tallinn)  # where to send the handover

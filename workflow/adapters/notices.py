@@ -73,6 +73,7 @@ def _facts_query() -> Select[Any]:
             c.origin_office,
             c.destination_office,
             c.owner_office,
+            c.shared_at,
             *(col.label(f"origin_{col.name}") for col in origin.c),
             *(col.label(f"destination_{col.name}") for col in destination.c),
             principal.c.phone.label("principal_phone"),
@@ -141,6 +142,7 @@ class SqlFacts:
                 values=values,
                 owner_served=getattr(row, f"{owner}_webhook_url") is None,
                 from_elsewhere=(row.fired_by or "").startswith(DELIVERY_ACTOR),
+                shared=row.shared_at is not None,
             )
             for side in (ORIGIN, DESTINATION)
         }

@@ -58,10 +58,12 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
     "TravelRebooked": _TRAVEL_BOOKED,
     "DepartureReminderIssued": (family("departure_reminder"),),
     "BookingCancelled": (office("booking_cancelled", DESTINATION),),
-    "NoShowRecorded": (office("no_show", ORIGIN),),
+    "NoShowRecorded": (office("no_show", ORIGIN), office("reception_off", DESTINATION)),
     "DepartureConfirmed": (office("departure_confirmed", DESTINATION),),
-    "ArrivalConfirmed": (family("arrival_welcome"),),
-    "CaseWithdrawn": (office("case_withdrawn", ORIGIN),),
+    "ArrivalConfirmed": (family("arrival_welcome"), office("arrival_confirmed", ORIGIN)),
+    # The destination hears of a withdrawal only of a case shared with it (a booking it prepared
+    # a reception for): the workers drop a destination notice of a case it never saw.
+    "CaseWithdrawn": (office("case_withdrawn", ORIGIN), office("case_withdrawn", DESTINATION)),
     "HandoverSent": (Effect(DELIVER_HANDOVER, "handover_package", DESTINATION),),
     "HandoverReceived": (office("handover_received", DESTINATION),),
     "HandoverEscalated": (office("handover_escalated", ORIGIN), office("handover_escalated", DESTINATION)),

@@ -28,7 +28,7 @@ from workflow.domain.effects import (
     effect_named,
     effects_of,
 )
-from workflow.domain.lifecycle import ORIGIN
+from workflow.domain.lifecycle import DESTINATION, ORIGIN
 from workflow.service_layer.notifications import (
     EMAIL,
     WEBHOOK,
@@ -72,6 +72,7 @@ class Facts:
     values: Mapping[str, object] = field(default_factory=dict)  # every template key's value
     owner_served: bool = True  # this deployment serves the office that owns the case
     from_elsewhere: bool = False  # the event was fired on another deployment's delivery
+    shared: bool = True  # the case is shared with its destination office (cases.shared_at)
 
     def elsewhere(self, effect: Effect, event_type: str) -> bool:
         """The effect is another deployment's to carry out: with two deployments, a handed-over
@@ -84,6 +85,8 @@ class Facts:
         here, the only deployment that knows of it (a pre-arrival notice, say)."""
         if effect.kind not in (NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK):
             return False
+        if effect.side == DESTINATION and effect.kind == NOTIFY_OFFICE and not self.shared:
+            return True  # an office that never saw the case is not told of it (a withdrawal)
         if self.from_elsewhere:
             return not self.owner_served if effect.kind == NOTIFY_FAMILY else self.office_webhook is not None
         return (

@@ -50,6 +50,8 @@ OFFICE: dict[str, frozenset[str]] = {
     "airport_reception": frozenset({"case_ref", "arrival_on", "route", "travellers"}),
     "booking_cancelled": _CASE,
     "no_show": frozenset({"case_ref", "departure_on"}),
+    "reception_off": frozenset({"case_ref", "departure_on"}),
+    "arrival_confirmed": frozenset({"case_ref", "arrival_on", "destination_office"}),
     "departure_confirmed": frozenset({"case_ref", "departure_on"}),
     "case_withdrawn": _CASE,
     "returnee_contact_overdue": _DUE,
