@@ -399,3 +399,36 @@ def test_the_origin_hears_that_the_family_arrived(app: App, inbox: tuple[int, In
     assert _sent(app, case_id, "notify_office:arrival_confirmed:origin") == ["email"]
     to_tallinn = [m for m in box.received() if m["To"] == OFFICE_EMAIL["tallinn"]]
     assert any("IOM Kyiv" in m.get_content() for m in to_tallinn)  # where to send the handover
+
+
+def _tasks(app: App, case_id: str) -> list[tuple[str, str]]:
+    t = tb.tasks.c
+    with app.db.connect() as conn:
+        query = select(t.kind, t.status).where(t.case_id == case_id).order_by(t.kind, t.status)
+        return [tuple(row) for row in conn.execute(query)]
+
+
+def test_a_journey_called_off_closes_its_preparations_and_a_new_booking_keeps_its_own(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    """A no-show: the booking's reception and pre-arrival tasks are cancelled. The rebooking's new
+    ones stay open, even when the no-show's jobs run after the rebooking's (a retry, a backlog)."""
+    port, _ = inbox
+    set_offices(app)
+    case_id = advance_to(app, "travel_booked")
+    app.transitions.fire(case_id, "record_no_show", TLL_TRAVEL, {"reason": "not at the airport"})
+    again = {"departure_on": "2027-01-20", "route": "TLL-WAW-KBP", "carrier": "LOT"}
+    app.transitions.fire(case_id, "rebook_travel", TLL_TRAVEL, again)
+    jobs = jobs_of(app, case_id)
+    late = [j for j in jobs if j.event_type == "NoShowRecorded"]
+    run = runner(app, port, sink)
+    assert {run.run(job) for job in [j for j in jobs if j not in late] + late} == {"done"}
+    assert _tasks(app, case_id) == [
+        ("airport_reception", "cancelled"),
+        ("airport_reception", "open"),
+        ("pre_arrival_notice", "cancelled"),
+        ("pre_arrival_notice", "open"),
+        ("request_travel_documents", "open"),
+    ]
+    assert {run.run(job) for job in late} == {"done"}  # delivered again: nothing more
+    assert ("airport_reception", "open") in _tasks(app, case_id)

@@ -40,6 +40,7 @@ class Store:
     tasks: list[str] = field(default_factory=list)
     dead: list[str] = field(default_factory=list)
     closed: int = 0
+    closed_kinds: list[str] = field(default_factory=list)
 
     def start(self, job: Job, now: datetime) -> tuple[str, int]:
         if self.status in ("done", "dead"):
@@ -50,6 +51,11 @@ class Store:
     def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
         self.tasks.append(effect.subject)
         self.status = "done"
+
+    def close_tasks(self, job: Job, effect: Effect, now: datetime) -> int:
+        self.closed_kinds.append(effect.subject)
+        self.status = "done"
+        return 1
 
     def delivered(self, job: Job) -> frozenset[str]:
         return frozenset(self.deliveries)

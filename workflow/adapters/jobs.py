@@ -330,6 +330,30 @@ class SqlJobStore:
                 # Reopened by a replay between the two statements: count the attempt after all.
         raise RuntimeError(f"job {job.event_id}/{job.effect} keeps changing under start()")
 
+    def close_tasks(self, job: Job, effect: Effect, now: datetime) -> int:
+        """The side office's open tasks of the kind, made by the case's events before this one (a
+        task a later event made, a new booking's, stays open however late this job runs), are
+        cancelled with the job's done, in one transaction; running it again cancels nothing more."""
+        t, cs, o = tb.tasks.c, tb.cases.c, tb.outbox.c
+        office = cs.destination_office if effect.side == DESTINATION else cs.origin_office
+        this = select(o.id).where(o.event_id == job.event_id).scalar_subquery()
+        earlier = select(o.event_id).where(o.case_id == job.case_id, o.id < this)
+        cancel = (
+            update(tb.tasks)
+            .where(
+                t.case_id == job.case_id,
+                t.kind == effect.subject,
+                t.status == "open",
+                t.office == select(office).where(cs.id == job.case_id).scalar_subquery(),
+                t.source_event_id.in_(earlier),
+            )
+            .values(status="cancelled", completed_at=now)
+        )
+        with writing(self._db) as conn:
+            closed = conn.execute(cancel, execution_options={"preserve_rowcount": True}).rowcount
+            conn.execute(self._sql.finish, {**_params(job, now), "p_status": "done", "p_error": None})
+        return int(closed)
+
     def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
         """The task and the job's ``done`` atomically: one statement on PostgreSQL, one
         transaction of two on SQLite."""

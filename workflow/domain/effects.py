@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 from workflow.domain.lifecycle import DESTINATION, ORIGIN
 
-NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK, DELIVER_HANDOVER, DELIVER_ACK = (
+NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK, DELIVER_HANDOVER, DELIVER_ACK, CLOSE_TASKS = (
     "notify_family",
     "notify_office",
     "create_task",
     "deliver_handover",
     "deliver_ack",  # the destination's decision, back to an origin office in another deployment
+    "close_tasks",  # the side office's open tasks of a kind, made by the case's earlier events
 )
 
 
@@ -40,6 +41,14 @@ def task(kind: str, side: str, due_in_days: int | None = None) -> Effect:
     return Effect(CREATE_TASK, kind, side, due_in_days)
 
 
+def close(kind: str, side: str) -> Effect:
+    return Effect(CLOSE_TASKS, kind, side)
+
+
+# The journey is off (a cancelled booking, a no-show, a withdrawal): its preparations are too.
+_JOURNEY_OFF = (close("pre_arrival_notice", ORIGIN), close("airport_reception", DESTINATION))
+
+
 _TRAVEL_BOOKED = (
     family("travel_booked"),
     task("pre_arrival_notice", ORIGIN, 3),
@@ -57,13 +66,18 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
     "TravelBooked": _TRAVEL_BOOKED,
     "TravelRebooked": _TRAVEL_BOOKED,
     "DepartureReminderIssued": (family("departure_reminder"),),
-    "BookingCancelled": (office("booking_cancelled", DESTINATION),),
-    "NoShowRecorded": (office("no_show", ORIGIN), office("reception_off", DESTINATION)),
+    "BookingCancelled": (office("booking_cancelled", DESTINATION), *_JOURNEY_OFF),
+    "NoShowRecorded": (office("no_show", ORIGIN), office("reception_off", DESTINATION), *_JOURNEY_OFF),
     "DepartureConfirmed": (office("departure_confirmed", DESTINATION),),
     "ArrivalConfirmed": (family("arrival_welcome"), office("arrival_confirmed", ORIGIN)),
     # The destination hears of a withdrawal only of a case shared with it (a booking it prepared
     # a reception for): the workers drop a destination notice of a case it never saw.
-    "CaseWithdrawn": (office("case_withdrawn", ORIGIN), office("case_withdrawn", DESTINATION)),
+    "CaseWithdrawn": (
+        office("case_withdrawn", ORIGIN),
+        office("case_withdrawn", DESTINATION),
+        close("request_travel_documents", ORIGIN),
+        *_JOURNEY_OFF,
+    ),
     "HandoverSent": (Effect(DELIVER_HANDOVER, "handover_package", DESTINATION),),
     "HandoverReceived": (office("handover_received", DESTINATION),),
     "HandoverEscalated": (office("handover_escalated", ORIGIN), office("handover_escalated", DESTINATION)),

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import structlog
 
 from workflow.domain.effects import (
+    CLOSE_TASKS,
     CREATE_TASK,
     DELIVER_ACK,
     DELIVER_HANDOVER,
@@ -135,6 +136,11 @@ class JobStore(Protocol):
         """Writes the task and marks the job done in one transaction."""
         ...
 
+    def close_tasks(self, job: Job, effect: Effect, now: datetime) -> int:
+        """Cancels the open tasks of the effect's kind and side that the case's events before
+        this one made, and marks the job done, in one transaction; how many it cancelled."""
+        ...
+
     def delivered(self, job: Job) -> frozenset[str]:
         """The channels this job has already sent on."""
         ...
@@ -246,6 +252,9 @@ class EffectRunner:
             pass
         elif effect.kind == CREATE_TASK:
             store.create_task_once(job, effect, self._clock.now())
+        elif effect.kind == CLOSE_TASKS:
+            closed = store.close_tasks(job, effect, self._clock.now())
+            log.info("tasks.closed", case_id=job.case_id, kind=effect.subject, closed=closed)
         else:
             last = self._send(store, job, effect, facts)
             store.finish(job, "done", None, self._clock.now(), delivered=last)
@@ -256,7 +265,8 @@ class EffectRunner:
     def _skipped(self, store: JobStore, job: Job, effect: Effect, read: dict[str, Facts]) -> bool:
         """Done without doing it: another deployment carries this effect out (Facts.elsewhere).
         A task is checked only for events both deployments fire: any other reads no facts."""
-        if self._facts is None or (effect.kind == CREATE_TASK and job.event_type not in MIRRORED):
+        tasks = effect.kind in (CREATE_TASK, CLOSE_TASKS)
+        if self._facts is None or (tasks and job.event_type not in MIRRORED):
             return False
         if not read:
             read.update(self._facts.facts(job))
@@ -377,7 +387,9 @@ class EffectRunner:
         return self._send_each(store, job, [(WEBHOOK, url)], job.event_type, body, "en")
 
 
-RUNNABLE_KINDS = frozenset({CREATE_TASK, NOTIFY_FAMILY, NOTIFY_OFFICE, DELIVER_HANDOVER, DELIVER_ACK})
+RUNNABLE_KINDS = frozenset(
+    {CREATE_TASK, CLOSE_TASKS, NOTIFY_FAMILY, NOTIFY_OFFICE, DELIVER_HANDOVER, DELIVER_ACK}
+)
 
 
 def runnable_effects(event_type: str) -> tuple[Effect, ...]:
