@@ -281,3 +281,10 @@ def test_the_history_of_an_eligibility_record_shows_no_legal_status() -> None:
     raw = {**sample(p.RecordEligibility), "asylum_status": "pending", "return_chosen_while_pending": True}
     view = p.public_view(parse_payload(p.RecordEligibility, raw))
     assert not {"asylum_status", "expulsion_order", "return_chosen_while_pending"} & set(view)
+
+
+@pytest.mark.parametrize("vendor", ["", "   "])
+def test_a_tranche_without_a_vendor_is_refused(vendor: str) -> None:
+    raw = {**sample(p.RequestDisbursement), "vendor": vendor}
+    with pytest.raises(InvalidPayload):
+        parse_payload(p.RequestDisbursement, raw)

@@ -207,6 +207,7 @@ class RequestDisbursement:
     def __post_init__(self) -> None:
         _require(self.amount > 0, "a disbursement must be positive")
         _require_money(self.amount, self.currency)
+        _require(bool(self.vendor.strip()), "a tranche names its vendor")  # DOMAIN.md: each tranche
 
 
 @dataclass(frozen=True)
