@@ -233,6 +233,10 @@ FIXED_SHAPES: dict[type, st.SearchStrategy[Any]] = {
             "reason": REASONS,
         }
     ),
+    # Another office, the case's own two (refused by a guard) or one that does not exist.
+    p.RedirectHandover: st.fixed_dictionaries(
+        {"destination_office": st.sampled_from(["riga", "kyiv", "tallinn", "oslo"]), "reason": REASONS}
+    ),
 }
 
 
@@ -701,6 +705,9 @@ class EngineMachine(RuleBasedStateMachine):
             model.version + 1,
         )
         model.state, model.version = target, model.version + 1
+        if call.trigger == "redirect_handover":  # the case has another destination office now
+            assert call.payload["destination_office"] not in (model.origin, model.destination, "oslo")
+            model.destination = call.payload["destination_office"]
         model.fired.append((call.trigger, call.actor.id))
         model.shared = model.shared or call.trigger in SHARING
         self.cases[result.case_id] = model

@@ -460,3 +460,52 @@ def test_a_replay_does_not_answer_a_caller_who_lost_the_role(app: App) -> None:
     demoted = Actor(TLL_CASEWORKER.id, "tallinn", frozenset())
     with pytest.raises(IdempotencyKeyReused):
         app.transitions.fire(case_id, "record_eligibility", demoted, ELIGIBLE, idempotency_key="k-r")
+
+
+# -- a handover nobody takes ----------------------------------------------------------------------
+
+RIGA_CASEWORKER = Actor.of("riga-caseworker", "riga", Role.CASEWORKER)
+
+
+def test_a_refused_handover_goes_to_another_destination_office(app: App) -> None:
+    """Kyiv refused (or the family settles elsewhere): the origin names another destination, which
+    sees the case and gets the next handover; Kyiv no longer sees it."""
+    case_id = advance_to(app, "arrived")
+    redirect = {"destination_office": "riga", "reason": "the family settles in Latvia"}
+    app.transitions.fire(case_id, "redirect_handover", TLL_CASEWORKER, redirect)
+    app.transitions.fire(case_id, "send_handover", TLL_CASEWORKER)
+    case = app.views.case(case_id, RIGA_CASEWORKER)
+    assert (case["state"], case["destination_office"]) == ("handover_pending", "riga")
+    assert "accept_handover" in case["triggers"]
+    with pytest.raises(UnknownCase):
+        app.views.case(case_id, KBP_CASEWORKER)
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ({"destination_office": "oslo", "reason": "r"}, InvalidPayload),  # no such office
+        ({"destination_office": "kyiv", "reason": "r"}, GuardFailed),  # already the destination
+        ({"destination_office": "tallinn", "reason": "r"}, GuardFailed),  # the origin
+    ],
+)
+def test_a_redirect_to_no_other_office_is_refused_and_changes_nothing(
+    app: App, payload: dict[str, str], error: type[Exception]
+) -> None:
+    case_id = advance_to(app, "arrived")
+    before = snapshot_tables(app.db)
+    with pytest.raises(error):
+        app.transitions.fire(case_id, "redirect_handover", TLL_CASEWORKER, payload)
+    assert snapshot_tables(app.db) == before
+
+
+def test_a_case_no_office_takes_over_is_closed_with_its_reason_and_its_deadline_cancelled(app: App) -> None:
+    case_id = advance_to(app, "handover_pending")
+    reason = {"reason": "no office covers the region where the family settled"}
+    result = app.transitions.fire(case_id, "close_without_handover", TLL_APPROVER, reason)
+    assert result.to_state == "closed"
+    t, c = tb.timers.c, tb.cases.c
+    with app.db.connect() as conn:
+        assert conn.scalar(select(c.outcome).where(c.id == case_id)) == "not_handed_over"
+        pending = conn.scalars(select(t.name).where(t.case_id == case_id, t.status == "pending")).all()
+    assert pending == []

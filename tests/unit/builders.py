@@ -44,6 +44,7 @@ DEPARTURE_ON = date(2026, 12, 1)
 SAMPLE_PAYLOADS: dict[str, dict[str, Any]] = {
     "NoPayload": {},
     "Reason": {"reason": "the family asked to wait"},
+    "RedirectHandover": {"destination_office": "riga", "reason": "the family settles in Latvia"},
     "RegisterInquiry": {
         "origin_office": OFFICE_ON[ORIGIN],
         "destination_office": OFFICE_ON[DESTINATION],

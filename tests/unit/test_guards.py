@@ -95,6 +95,18 @@ GUARD_SCENARIOS = [
         scenario(with_eligibility()),
     ),
     (
+        g.another_destination,
+        scenario(case_in("arrived"), p.RedirectHandover(destination_office="kyiv", reason="r")),
+        "already its destination",
+        scenario(case_in("arrived"), p.RedirectHandover(destination_office="riga", reason="r")),
+    ),
+    (
+        g.another_destination,
+        scenario(case_in("arrived"), p.RedirectHandover(destination_office="tallinn", reason="r")),
+        "origin",
+        scenario(case_in("arrived"), p.RedirectHandover(destination_office="riga", reason="r")),
+    ),
+    (
         g.not_eu_eea_citizen,
         scenario(with_eligibility(nationality="EE")),
         "EU/EEA",

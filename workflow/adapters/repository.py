@@ -22,6 +22,7 @@ _PLAIN = (
     "state",
     "version",
     "owner_office",
+    "destination_office",  # redirect_handover changes it
     "language",
     "channel",
     "document_kind",
@@ -93,7 +94,6 @@ class SqlCaseRepository:
             id=case.id,
             lifecycle_version=case.lifecycle_version,
             origin_office=case.origin_office,
-            destination_office=case.destination_office,
             created_at=now,
         )
         self._conn.execute(insert(tb.cases), values)
@@ -191,7 +191,7 @@ def _to_case(row: RowMapping) -> Case:
         **{
             name: row[name]
             for name in _PLAIN
-            if name not in ("state", "version", "owner_office", "language", "channel")
+            if name not in ("state", "version", "owner_office", "destination_office", "language", "channel")
         },
     )
     if row["nationality"] is not None:

@@ -237,5 +237,11 @@ class Case:
         )
         self.changes.append(VisitRecorded(visit))
 
+    def redirect_handover(self, payload: p.RedirectHandover, ctx: FireContext) -> None:
+        self.destination_office = payload.destination_office
+
+    def close_without_handover(self, payload: p.Reason, ctx: FireContext) -> None:
+        self.outcome = "not_handed_over"
+
     def close(self, payload: p.Close, ctx: FireContext) -> None:
         self.outcome = payload.outcome

@@ -30,6 +30,13 @@ def consent_signed(case: Case, payload: Any, ctx: FireContext) -> list[str]:
     return ["the applicant's signed consent is missing"]
 
 
+def another_destination(case: Case, payload: Any, ctx: FireContext) -> list[str]:
+    office = getattr(payload, "destination_office", None)
+    if office in (case.origin_office, case.destination_office):
+        return [f"{office!r} is the case's origin or already its destination"]
+    return []
+
+
 def not_eu_eea_citizen(case: Case, payload: Any, ctx: FireContext) -> list[str]:
     if case.eligibility and case.eligibility.nationality in EU_EEA:
         return ["the applicant is an EU/EEA citizen"]

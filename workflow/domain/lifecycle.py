@@ -295,6 +295,29 @@ TRANSITIONS = (
     ),
     _t("send_handover", "arrived", "handover_pending", [CW], "HandoverSent"),
     _t(
+        "redirect_handover",
+        "arrived",
+        SAME,
+        [CW],
+        "HandoverRedirected",
+        payload=p.RedirectHandover,
+        effect="redirect_handover",
+        guards=(g.another_destination,),
+        doc="Another destination office for a case not yet handed over (the first refused it, or "
+        "the family settles elsewhere): the next send_handover goes there.",
+    ),
+    _t(
+        "close_without_handover",
+        ("departed", "arrived", "handover_pending"),
+        "closed",
+        [APPROVER],
+        "CaseClosed",
+        payload=p.Reason,
+        effect="close_without_handover",
+        doc="The family travelled but no destination office takes the case over (refused, no "
+        "office covers where they settled, contact lost on the way): closed with its reason.",
+    ),
+    _t(
         "receive_handover",
         NEW,
         "handover_pending",

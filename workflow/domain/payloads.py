@@ -132,6 +132,16 @@ class ReceiveHandover:
 
 
 @dataclass(frozen=True)
+class RedirectHandover:
+    __pydantic_config__ = _STRICT
+    destination_office: str = field(metadata={"max_length": OFFICE_LENGTH})
+    reason: str = free_text()
+
+    def __post_init__(self) -> None:
+        _require(bool(self.reason), "a reason is required")
+
+
+@dataclass(frozen=True)
 class RecordEligibility:
     __pydantic_config__ = _STRICT
     nationality: str = personal()

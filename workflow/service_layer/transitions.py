@@ -43,6 +43,7 @@ OPENING = frozenset(t.trigger for t in LIFECYCLE.transitions if LIFECYCLE.initia
 # labels stay few whatever callers send.
 TRIGGERS = frozenset(t.trigger for lifecycle in LIFECYCLES.values() for t in lifecycle.transitions)
 MAX_ACTOR_ID, MAX_KEY = 120, 200  # the widths of their columns
+REDIRECT = "redirect_handover"
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,10 +238,13 @@ class TransitionService:
             raise VersionConflict(case.id, request.expected_version, case.version)
         machine.require_state(case, transition, request.actor)
         payload = parse_payload(transition.payload, request.payload)
-        if case.is_new:
-            for office in (payload.origin_office, payload.destination_office):
-                if not uow.cases.office_exists(office):
-                    raise InvalidPayload(f"unknown office {office!r}")
+        # A new case names both offices; a redirected handover its new destination.
+        offices: tuple[str, ...] = (payload.origin_office, payload.destination_office) if case.is_new else ()
+        if request.trigger == REDIRECT:
+            offices = (payload.destination_office,)
+        for office in offices:
+            if not uow.cases.office_exists(office):
+                raise InvalidPayload(f"unknown office {office!r}")
         uow.cases.load_parts(case, transition.needs)
         return machine.fire(case, request.trigger, payload, ctx)
 
