@@ -17,6 +17,7 @@ from workflow.adapters.clock import SystemClock
 from workflow.adapters.db import make_engine
 from workflow.adapters.jobs import SqlJobStore
 from workflow.adapters.notices import SqlFacts
+from workflow.adapters.tasks import SqlTasks
 from workflow.adapters.templates import default_templates
 from workflow.adapters.timers import SqlTimerStore
 from workflow.adapters.unit_of_work import SqlUnitOfWork
@@ -25,6 +26,7 @@ from workflow.domain.programme import Programme
 from workflow.service_layer.effects import EffectRunner
 from workflow.service_layer.notifications import EMAIL, SMS, WEBHOOK, Channel
 from workflow.service_layer.ports import Clock
+from workflow.service_layer.tasks import TaskService
 from workflow.service_layer.timers import TimerService
 from workflow.service_layer.transitions import TransitionService
 
@@ -51,6 +53,7 @@ class App:
     transitions: TransitionService
     views: CaseViews
     timers: TimerService
+    tasks: TaskService
     clock: Clock = field(default_factory=SystemClock)
 
     def uow(self) -> SqlUnitOfWork:
@@ -65,7 +68,8 @@ def bootstrap(settings: Settings | None = None, clock: Clock | None = None, db: 
     clock = clock or SystemClock()
     service = TransitionService(lambda: SqlUnitOfWork(db), programme_from(settings), clock, _observer())
     timers = TimerService(SqlTimerStore(db), service, clock)
-    return App(db=db, transitions=service, views=CaseViews(db), timers=timers, clock=clock)
+    tasks = TaskService(SqlTasks(db), clock)
+    return App(db=db, transitions=service, views=CaseViews(db), timers=timers, tasks=tasks, clock=clock)
 
 
 def channels_from(settings: Settings) -> dict[str, Channel]:

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -357,7 +357,12 @@ class SqlJobStore:
     def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
         """The task and the job's ``done`` atomically: one statement on PostgreSQL, one
         transaction of two on SQLite."""
-        due = (now + timedelta(days=effect.due_in_days)).date() if effect.due_in_days else None
+        # Due so many days after the event, not after the job ran: a worker that was down for a
+        # day, or a dead letter replayed next week, does not move the office's deadline.
+        due = None
+        if effect.due_in_days:
+            occurred = job.occurred_at or self._occurred_at(job.event_id) or now
+            due = (occurred.astimezone(UTC) + timedelta(days=effect.due_in_days)).date()
         params = _params(job, now, task_id=str(uuid.uuid4()), kind=effect.subject, due_on=due)
         side = DESTINATION if effect.side == DESTINATION else "origin"
         if self._db.dialect.name == "postgresql":
@@ -377,6 +382,11 @@ class SqlJobStore:
             if inserted.rowcount != 1:
                 raise LookupError(f"case {job.case_id} not found for task {effect.subject}")
             conn.execute(self._sql.finish, {**params, "p_status": "done", "p_error": None})
+
+    def _occurred_at(self, event_id: str) -> datetime | None:
+        """The event's commit time from its outbox row (a replayed job does not carry it)."""
+        with self._statements(write=False) as conn:
+            return conn.scalar(select(tb.outbox.c.occurred_at).where(tb.outbox.c.event_id == event_id))
 
     def delivered(self, job: Job) -> frozenset[str]:
         if (job.event_id, job.effect) in self._fresh:

@@ -321,7 +321,8 @@ tasks = Table(
     Column("due_on", Date),
     Column("source_event_id", Id),
     Column("created_at", Stamp, nullable=False),
-    Column("completed_at", Stamp),
+    Column("completed_at", Stamp),  # done by staff, or cancelled when the journey was called off
+    Column("completed_by", String(120)),  # the actor who completed it; null when cancelled
     UniqueConstraint("source_event_id", "kind"),
     Index(None, "office", "status", "due_on"),
 )

@@ -33,6 +33,7 @@ from workflow.api.routes import (
     metrics,
     ops,
     ops_page,
+    tasks,
 )
 from workflow.api.schemas import payload_schemas
 from workflow.api.security import Authenticator
@@ -68,6 +69,7 @@ def create_app(app: App | None = None, settings: Settings | None = None) -> Fast
     api.include_router(cases.router)
     api.include_router(listing.router)
     api.include_router(grants.router)
+    api.include_router(tasks.router)
     api.include_router(events.router)
     api.include_router(lifecycle.router)
     api.include_router(health.router)

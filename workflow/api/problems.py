@@ -32,6 +32,8 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     e.VersionConflict.code: (412, e.VersionConflict.title),
     e.PermissionDenied.code: (403, e.PermissionDenied.title),
     e.InvalidPayload.code: (422, e.InvalidPayload.title),
+    e.UnknownTask.code: (404, e.UnknownTask.title),
+    e.TaskClosed.code: (409, e.TaskClosed.title),
     "unauthenticated": (401, "Missing or bad credentials"),
     "precondition_required": (428, "If-Match required"),
     "rate_limited": (429, "Too many requests"),

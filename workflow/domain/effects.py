@@ -119,3 +119,9 @@ def effects_of(event_type: str) -> tuple[Effect, ...]:
 
 def effect_named(event_type: str, name: str) -> Effect | None:
     return next((e for e in effects_of(event_type) if e.name == name), None)
+
+
+# Every kind of task the workers open (the API's task filter lists them).
+TASK_KINDS = tuple(
+    sorted({e.subject for effects in EFFECTS.values() for e in effects if e.kind == CREATE_TASK})
+)

@@ -116,6 +116,32 @@ class IdempotencyKeyReused(DomainError):
         self.key = key
 
 
+class UnknownTask(DomainError):
+    """No task with that id in the caller's office (another office's task is unknown, as a case is)."""
+
+    code = "unknown_task"
+    title = "Unknown task"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task with id {task_id}")
+        self.task_id = task_id
+
+
+class TaskClosed(DomainError):
+    """The task was cancelled (its journey was called off): there is nothing left to complete."""
+
+    code = "task_closed"
+    title = "Task cancelled"
+
+    def __init__(self, task_id: str, status: str) -> None:
+        super().__init__(f"task {task_id} is {status}; only an open task can be completed")
+        self.task_id = task_id
+        self.status = status
+
+    def extra(self) -> dict[str, object]:
+        return {"task_status": self.status}
+
+
 class TimerVoid(DomainError):
     """A deadline's fire that has nothing to do here: its timer is no longer pending (the case
     moved on, cancelling it, between the beat's claim and the fire), or the case's owner office
@@ -141,4 +167,6 @@ ALL_ERRORS: tuple[type[DomainError], ...] = (
     InvalidPayload,
     BudgetExceeded,
     IdempotencyKeyReused,
+    UnknownTask,
+    TaskClosed,
 )
