@@ -269,6 +269,10 @@ def test_the_seed_familys_case_is_handed_over_between_two_deployments_and_accept
     # Both copies fired accept_handover. The family hears of it once, from Kyiv's deployment,
     # which owns the case now; Tallinn's copy leaves the family and Kyiv's task to Kyiv's.
     assert tallinn.rows(select(t.kind).where(t.kind == "reintegration_counselling")) == []
+    # Nor did Tallinn's booking leave Kyiv an airport-reception task in Tallinn's database, where
+    # none of Kyiv's staff would see it: Kyiv heard of the journey by e-mail.
+    assert tallinn.rows(select(t.kind).where(t.office == "kyiv")) == []
+    assert ("pre_arrival_notice",) in tallinn.rows(select(t.kind).where(t.office == "tallinn"))
     family = "notify_family:handover_accepted:origin"
     sent = tb.deliveries.c
     assert sorted(kyiv.rows(select(sent.channel).where(sent.effect == family))) == [("email",), ("sms",)]

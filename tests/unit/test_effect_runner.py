@@ -12,8 +12,8 @@ import pytest
 from config.celery import MAX_ATTEMPTS
 from workers.tasks import backoff
 from workflow.adapters.templates import default_templates
-from workflow.domain.effects import EFFECTS, Effect
-from workflow.domain.lifecycle import DESTINATION, ORIGIN
+from workflow.domain.effects import EFFECTS, TASKS_ONLY, Effect
+from workflow.domain.lifecycle import DESTINATION, LIFECYCLE, ORIGIN
 from workflow.service_layer.effects import EffectRunner, Event, Facts, Job, UnknownEffect, runnable_effects
 from workflow.service_layer.notifications import (
     EMAIL,
@@ -260,6 +260,29 @@ def test_events_made_here_tell_the_family_and_other_offices_whoever_serves_them(
         1,
         ["family@example.org", "destination-office@example.org"],
     )
+
+
+def test_a_booking_asks_no_task_of_a_destination_served_by_another_deployment() -> None:
+    """Tallinn books the journey; Kyiv works in its own deployment, which has no copy of the case
+    before the handover: Kyiv hears by e-mail, and no airport-reception task waits in Tallinn's
+    database where none of Kyiv's staff would see it. Tallinn's own task is made."""
+    store, sms, email = EveryJobNew(), Channel(), Channel()
+    outcome = runner(store, {SMS: sms, EMAIL: email}, HandedOver()).run_event(
+        Event("event-1", "TravelBooked", "case-1")
+    )
+    assert outcome.failures == () and store.tasks == ["pre_arrival_notice"]
+    assert [m.recipient for m in email.sent] == ["family@example.org", "destination-office@example.org"]
+
+
+def test_events_with_tasks_only_are_the_destinations_own_after_the_handover() -> None:
+    """Their tasks are made without asking where the office is served (no read of their own),
+    which is right only if the deployment that fires them serves the task's office: the
+    destination's staff fire them, in the deployment that owns the handed-over case."""
+    assert {"DisbursementCompleted", "MonitoringVisitRecorded"} == TASKS_ONLY
+    for event_type in TASKS_ONLY:
+        assert {e.side for e in EFFECTS[event_type]} == {DESTINATION}
+        firing = [t for t in LIFECYCLE.transitions if event_type in t.events]
+        assert firing and all(t.sides == (DESTINATION,) for t in firing), event_type
 
 
 def test_an_event_reads_its_facts_once_for_all_its_notices_and_closes_its_store() -> None:

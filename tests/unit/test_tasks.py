@@ -91,4 +91,3 @@ def test_a_colleague_who_completes_it_first_is_the_one_recorded() -> None:
 def test_an_unknown_task_is_refused() -> None:
     with pytest.raises(UnknownTask):
         TaskService(Store(None), FixedClock()).complete("nope", KYIV)
-

@@ -111,6 +111,14 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
 # Events whose decision goes to the origin's deployment (DELIVER_ACK), which fires the same event
 # on its copy of the case: with two deployments each such event happens in both.
 MIRRORED = frozenset(name for name, effects in EFFECTS.items() if any(e.kind == DELIVER_ACK for e in effects))
+# Events whose only effects are tasks (monitoring visits): fired after the handover by the
+# destination's staff, in the deployment that serves the destination office, so their tasks are
+# made where they are fired without asking where the office is served (tests/unit/test_effects_table.py).
+TASKS_ONLY = frozenset(
+    name
+    for name, effects in EFFECTS.items()
+    if effects and all(e.kind in (CREATE_TASK, CLOSE_TASKS) for e in effects)
+)
 
 
 def effects_of(event_type: str) -> tuple[Effect, ...]:

@@ -25,6 +25,7 @@ from workflow.domain.effects import (
     MIRRORED,
     NOTIFY_FAMILY,
     NOTIFY_OFFICE,
+    TASKS_ONLY,
     Effect,
     effect_named,
     effects_of,
@@ -90,6 +91,11 @@ class Facts:
             return True  # an office that never saw the case is not told of it (a withdrawal)
         if self.from_elsewhere:
             return not self.owner_served if effect.kind == NOTIFY_FAMILY else self.office_webhook is not None
+        if effect.kind == CREATE_TASK and self.office_webhook is not None:
+            # Its staff work in their own deployment, which has no copy of the case before the
+            # handover (an airport reception the origin's booking asks for): a task here would
+            # sit in a list no one of theirs reads. The office's notice is what reaches them.
+            return True
         return (
             event_type in MIRRORED
             and effect.kind != NOTIFY_FAMILY
@@ -264,9 +270,11 @@ class EffectRunner:
 
     def _skipped(self, store: JobStore, job: Job, effect: Effect, read: dict[str, Facts]) -> bool:
         """Done without doing it: another deployment carries this effect out (Facts.elsewhere).
-        A task is checked only for events both deployments fire: any other reads no facts."""
+        The tasks of an event without a notice (TASKS_ONLY) are not checked: their events are
+        fired in the deployment serving the task's office, and a check would cost each job a
+        read of its own (the notices of any other event read the same facts)."""
         tasks = effect.kind in (CREATE_TASK, CLOSE_TASKS)
-        if self._facts is None or (tasks and job.event_type not in MIRRORED):
+        if self._facts is None or (tasks and job.event_type in TASKS_ONLY):
             return False
         if not read:
             read.update(self._facts.facts(job))
