@@ -12,14 +12,12 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-import jwt
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from tests.api.conftest import api_client, api_settings, bearer
-from tests.api.test_oidc import AUDIENCE, ISSUER, KEY, PUBLIC_PEM
 from tests.servers import free_port
 from tests.support import advance_to, snapshot_tables
 from workflow.adapters import tables as tb
@@ -88,6 +86,30 @@ def test_a_valid_token_is_served_after_its_address_spent_the_failure_budget(app:
     assert int(still_refused.headers["retry-after"]) > 0
     # No credential is no guess: it is not counted, and answered 401 whatever the budget.
     assert_problem(missing, 401, "unauthenticated")
+
+
+def test_each_refused_authentication_is_logged_once_with_its_outcome(app: App) -> None:
+    case_id = advance_to(app, "inquiry")
+    bad = bearer("avrr_000000000000_nope")
+    with api_client(app, rate_limit_auth_failures="2/minute") as client:
+        statuses = [client.get(f"/cases/{case_id}", headers=bad).status_code for _ in range(3)]
+    assert statuses == [401, 401, 429]
+    log = tb.access_log.c
+    with app.db.connect() as conn:
+        outcomes = conn.scalars(select(log.outcome).where(log.outcome != "ok").order_by(log.id)).all()
+    assert outcomes == ["unauthenticated", "unauthenticated", "rate_limited"]
+
+
+def test_a_failed_authentication_answers_401_even_when_its_log_line_cannot_be_written(app: App) -> None:
+    with app.db.begin() as conn:
+        conn.execute(text("ALTER TABLE access_log RENAME TO access_log_away"))
+    try:
+        with api_client(app) as client:
+            refused = client.get("/cases", headers=bearer("avrr_000000000000_nope"))
+    finally:
+        with app.db.begin() as conn:
+            conn.execute(text("ALTER TABLE access_log_away RENAME TO access_log"))
+    assert_problem(refused, 401, "unauthenticated")
 
 
 # Strings: as wide as their columns, and without NUL.
@@ -301,19 +323,15 @@ def test_a_body_over_the_limit_to_a_transition_is_refused_with_413(app: App, cli
 
 @pytest.mark.postgres
 def test_a_refusal_is_answered_when_its_access_log_line_cannot_be_written(pg_app: App) -> None:
-    now = pg_app.clock.now()
-    claims = {
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "sub": "anna.tamm",
-        "exp": now + timedelta(minutes=5),
-        "iat": now,
-        "avrr_office": "t" * 100,  # wider than access_log.office: PostgreSQL refuses the insert
-        "avrr_roles": ["caseworker"],
-    }
-    token = jwt.encode(claims, KEY, algorithm="RS256")
-    with api_client(pg_app, oidc_issuer=ISSUER, oidc_audience=AUDIENCE, oidc_public_key=PUBLIC_PEM) as client:
-        response = client.get(f"/cases/{UNKNOWN}", headers=bearer(token))
+    headers = token_of(pg_app, TLL_CASEWORKER)
+    with pg_app.db.begin() as conn:
+        conn.execute(text("ALTER TABLE access_log RENAME TO access_log_away"))
+    try:
+        with api_client(pg_app) as client:
+            response = client.get(f"/cases/{UNKNOWN}", headers=headers)
+    finally:
+        with pg_app.db.begin() as conn:
+            conn.execute(text("ALTER TABLE access_log_away RENAME TO access_log"))
     assert_problem(response, 404, "unknown_case")
 
 

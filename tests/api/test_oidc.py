@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
 from config.settings import Settings
-from tests.support import advance_to
+from tests.support import advance_to, snapshot_tables
 from workflow.api.app import create_app
 from workflow.bootstrap import App
 
@@ -101,3 +101,33 @@ def _hs256_with_public_key(payload: dict[str, Any]) -> str:
     )
     signature = hmac.new(PUBLIC_PEM.encode(), signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{b64(signature)}"
+
+
+@pytest.mark.parametrize(
+    "claim",
+    [
+        {"avrr_office": "t" * 33},  # wider than any office code: the fire's history row would not hold it
+        {"avrr_office": 42},
+        {"avrr_office": ["tallinn"]},
+        {"avrr_office": "tallinn office"},
+        {"avrr_roles": "caseworker"},  # a string, not a list of roles
+    ],
+)
+def test_a_signed_token_whose_office_or_roles_claim_is_malformed_is_refused_and_changes_nothing(
+    app: App, client: TestClient, claim: dict[str, Any]
+) -> None:
+    case_id = advance_to(app, "inquiry")
+    token = jwt.encode(claims(app, **claim), KEY, algorithm="RS256")
+    before = snapshot_tables(app.db)
+    response = client.post(
+        f"/cases/{case_id}/transitions/submit_application",
+        json={},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 401, response.json()
+    after = snapshot_tables(app.db)
+    assert {k: v for k, v in after.items() if k != "access_log"} == {
+        k: v for k, v in before.items() if k != "access_log"
+    }
+    # The same token with well-formed claims is served.
+    assert get(client, case_id, jwt.encode(claims(app), KEY, algorithm="RS256")) == 200

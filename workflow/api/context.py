@@ -18,6 +18,7 @@ from workflow.api.security import Authenticator
 from workflow.bootstrap import App
 from workflow.domain.actors import Actor
 
+log = structlog.get_logger(__name__)
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -100,7 +101,15 @@ def call(
     try:
         actor = eng.auth.authenticate(authorization, client)
     except ApiProblem as refusal:  # missing or bad credentials, or rate limited
-        eng.access.record(eng.app.clock.now(), action(request), refusal.code, request_id=request_id(request))
+        # Logged here, as the handler does not (it has no actor to name): a rate limit is logged by
+        # the handler. A failed write must not turn the 401 into a 500.
+        if refusal.code == "unauthenticated":
+            try:
+                eng.access.record(
+                    eng.app.clock.now(), action(request), refusal.code, request_id=request_id(request)
+                )
+            except Exception as exc:
+                log.error("api.access_log_failed", outcome=refusal.code, error=type(exc).__name__)
         raise
     request.state.actor = actor  # for the access log of a refusal further on
     structlog.contextvars.bind_contextvars(actor_id=actor.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -19,6 +20,8 @@ from workflow.domain.actors import Actor, Role
 from workflow.service_layer.ports import Clock
 
 log = structlog.get_logger(__name__)
+# An office code as the offices table holds it (String(32)); the list routes' office filter too.
+OFFICE_CODE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
 
 def unauthenticated(detail: str) -> ApiProblem:
@@ -114,11 +117,17 @@ class Authenticator:
             now = self.clock.now().timestamp()
             if not float(claims["exp"]) > now or float(claims.get("nbf", now)) > now + 30:
                 return None
-            roles = claims.get(s.oidc_roles_claim) or []
+            office, roles = claims.get(s.oidc_office_claim), claims.get(s.oidc_roles_claim) or []
+            if office is not None and not (isinstance(office, str) and OFFICE_CODE.fullmatch(office)):
+                # Not an office code this engine could store or match: refused, not carried into
+                # a write that would fail on the column's width.
+                return None
+            if not isinstance(roles, list):
+                return None
             return Actor(
                 str(claims["sub"])[:120],
-                claims.get(s.oidc_office_claim),
-                frozenset(Role(r) for r in roles if r in Role.__members__.values()),
+                office,
+                frozenset(Role(r) for r in roles if isinstance(r, str) and r in Role.__members__.values()),
             )
         except (jwt.PyJWTError, ValueError, TypeError):
             return None
