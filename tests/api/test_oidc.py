@@ -109,7 +109,9 @@ def _hs256_with_public_key(payload: dict[str, Any]) -> str:
         {"avrr_office": "t" * 33},  # wider than any office code: the fire's history row would not hold it
         {"avrr_office": 42},
         {"avrr_office": ["tallinn"]},
-        {"avrr_office": "tallinn office"},
+        {"avrr_office": "tall\x07inn"},  # a control character
+        {"avrr_office": "\ud800"},  # a lone surrogate (JSON-escaped in the token): no database takes it
+        {"sub": "anna\ud800"},
         {"avrr_roles": "caseworker"},  # a string, not a list of roles
     ],
 )

@@ -235,6 +235,7 @@ def test_a_case_changed_while_paging_is_seen_again_at_the_end_not_lost(app: App,
         {"cursor": "W10"},  # base64 of "[]"
         {"cursor": "WyIyMDI2LTExLTI4VDA5OjAwOjAwIiwieCJd"},  # a naive time
         {"cursor": "WyIyMDI2LTExLTI4VDA5OjAwOjAwWiIsIlx1MDAwMCJd"},  # a NUL in the id
+        {"cursor": "WyIyMDI2LTExLTI4VDA5OjAwOjAwWiIsIlx1ZDgwMCJd"},  # a lone surrogate in the id
         {"overdue": "maybe"},
         {"updated_since": "yesterday"},
     ],

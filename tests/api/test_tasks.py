@@ -4,6 +4,7 @@ the case's real events. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 from typing import Any
 
@@ -24,6 +25,8 @@ from workflow.domain.actors import Role
 from workflow.domain.effects import CLOSE_TASKS, CREATE_TASK
 from workflow.service_layer.effects import EffectRunner
 
+# A well-formed cursor whose id, JSON-escaped, is a lone surrogate: no database can encode it.
+LONE_SURROGATE_CURSOR = base64.urlsafe_b64encode(b'["2026-12-01","\\ud800"]').decode().rstrip("=")
 ITEM_KEYS = {
     "id",
     "case_id",
@@ -161,6 +164,10 @@ def test_the_overdue_filter_finds_open_tasks_past_their_due_date(
     clock.advance(days=4)  # the pre-arrival notice was due in 3 days
     assert [t["kind"] for t in tasks(api, headers, overdue="true")] == ["pre_arrival_notice"]
     assert [t["kind"] for t in tasks(api, headers, overdue="false")] == ["request_travel_documents"]
+    # An undated task is never overdue, and is among the others.
+    kyiv = staff(app, "kyiv")
+    assert tasks(api, kyiv, overdue="true") == []
+    assert [t["kind"] for t in tasks(api, kyiv, overdue="false")] == ["airport_reception"]
 
 
 def test_pages_walk_every_task_once_in_order(app: App, api: TestClient, booked: str) -> None:
@@ -199,7 +206,14 @@ def test_a_case_the_office_no_longer_sees_takes_its_tasks_out_of_its_list(
 
 @pytest.mark.parametrize(
     "params",
-    [{"status": "finished"}, {"kind": "lottery"}, {"cursor": "garbage"}, {"limit": 0}, {"case_id": "x" * 37}],
+    [
+        {"status": "finished"},
+        {"kind": "lottery"},
+        {"cursor": "garbage"},
+        {"cursor": LONE_SURROGATE_CURSOR},
+        {"limit": 0},
+        {"case_id": "x" * 37},
+    ],
 )
 def test_bad_task_list_parameters_answer_422(
     app: App, api: TestClient, booked: str, params: dict[str, Any]

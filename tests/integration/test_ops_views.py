@@ -23,6 +23,7 @@ from workflow.adapters.ops_views import (
 from workflow.bootstrap import App
 from workflow.demo import KBP_CASEWORKER, STEPS, TLL_TRAVEL
 from workflow.domain.actors import SYSTEM_ACTOR, Actor, Role
+from workflow.domain.effects import effect_named
 from workflow.domain.errors import UnknownCase
 from workflow.domain.lifecycle import LIFECYCLE
 from workflow.service_layer.effects import Job
@@ -298,13 +299,28 @@ def test_recent_jobs_come_newest_first_running_ones_included(app: App, clock: Fi
 # -- one case -----------------------------------------------------------------------------------
 
 
-def test_a_timeline_shows_the_history_events_jobs_and_timers_of_one_case(app: App, clock: FixedClock) -> None:
+def test_a_timeline_shows_the_history_events_jobs_timers_and_tasks_of_one_case(
+    app: App, clock: FixedClock
+) -> None:
     case_id = advance_to(app, "handover_pending")
     other = advance_to(app, "return_approved")
     (job, *_) = jobs_of(app, case_id)
     SqlJobStore(app.db).start(job, clock.now())
     SqlJobStore(app.db).finish(job, "done", None, clock.now())
     SqlJobStore(app.db).start(jobs_of(app, other)[0], clock.now())  # another case's: not shown
+    opened = [j for j in jobs_of(app, case_id) + jobs_of(app, other) if j.effect.startswith("create_task")]
+    for task_job in opened:  # the other case's task is not shown
+        effect = effect_named(task_job.event_type, task_job.effect)
+        assert effect is not None
+        SqlJobStore(app.db).start(task_job, clock.now())
+        SqlJobStore(app.db).create_task_once(task_job, effect, clock.now())
+    with app.db.connect() as conn:
+        documents = conn.scalar(
+            select(tb.tasks.c.id).where(
+                tb.tasks.c.case_id == case_id, tb.tasks.c.kind == "request_travel_documents"
+            )
+        )
+    app.tasks.complete(documents, TLL_TRAVEL)
     events = events_of(app, case_id)
     mark_sent(app, events[:2], clock.now() + SECOND)
 
@@ -329,11 +345,18 @@ def test_a_timeline_shows_the_history_events_jobs_and_timers_of_one_case(app: Ap
     assert [e.event_id for e in timeline.events] == events
     assert [e.sent_at for e in timeline.events] == [clock.now() + SECOND] * 2 + [None] * (len(events) - 2)
     assert [e.case_version for e in timeline.events] == sorted(e.case_version for e in timeline.events)
-    assert [(r.event_id, r.effect, r.status) for r in timeline.jobs] == [(job.event_id, job.effect, "done")]
+    mine = [(j.event_id, j.effect, "done") for j in [job, *opened] if j.case_id == case_id]
+    assert [(r.event_id, r.effect, r.status) for r in timeline.jobs] == sorted(mine, key=lambda r: r[1])
     # Booking armed the departure reminder, departing cancelled it; the handover arms its deadline.
     assert [(x.name, x.state, x.fires_trigger, x.status) for x in timeline.timers] == [
         ("departure_reminder", "travel_booked", "remind_departure", "cancelled"),
         ("handover_acknowledgement", "handover_pending", "escalate_handover", "pending"),
+    ]
+    # Its tasks (opened together here, so in order of kind): the travel documents done, by whom.
+    assert [(k.kind, k.office, k.status, k.completed_by) for k in timeline.tasks] == [
+        ("airport_reception", "kyiv", "open", None),
+        ("pre_arrival_notice", "tallinn", "open", None),
+        ("request_travel_documents", "tallinn", "done", TLL_TRAVEL.id),
     ]
 
 

@@ -57,7 +57,7 @@ def test_completing_a_done_task_again_writes_nothing_and_answers_it() -> None:
     ("actor", "error"),
     [
         (Actor.of("tll-caseworker", "tallinn", Role.CASEWORKER), UnknownTask),
-        (Actor.of("system:timers", None, Role.SYSTEM), UnknownTask),
+        (Actor.of("system:timers", None, Role.SYSTEM), PermissionDenied),  # sees every task
         (Actor.of("kyiv-ops", "kyiv", Role.OPS), PermissionDenied),
         (Actor.of("kyiv-automation", "kyiv", Role.SYSTEM), PermissionDenied),
     ],

@@ -5,7 +5,7 @@ contacts, payloads or free-text reasons, which ops have no need to see."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import (
     Connection,
@@ -121,6 +121,20 @@ class Timer:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskRow:
+    """A follow-up task the workers opened for the case, and what became of it."""
+
+    kind: str
+    office: str
+    status: str
+    due_on: date | None
+    created_at: datetime
+    completed_at: datetime | None
+    completed_by: str | None
+    source_event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Timeline:
     """A case as ops see it: where it stands and everything the engine did with it."""
 
@@ -136,6 +150,7 @@ class Timeline:
     events: list[Event]
     jobs: list[JobRun]
     timers: list[Timer]
+    tasks: list[TaskRow]
 
 
 class OpsViews:
@@ -335,7 +350,25 @@ class OpsViews:
                     .order_by(t.created_at, t.name)
                 )
             ]
-        return Timeline(*case, history=history, events=events, jobs=jobs, timers=timers)
+            ts = tb.tasks.c
+            tasks = [
+                TaskRow(*row)
+                for row in conn.execute(
+                    select(
+                        ts.kind,
+                        ts.office,
+                        ts.status,
+                        ts.due_on,
+                        ts.created_at,
+                        ts.completed_at,
+                        ts.completed_by,
+                        ts.source_event_id,
+                    )
+                    .where(ts.case_id == case_id)
+                    .order_by(ts.created_at, ts.kind)
+                )
+            ]
+        return Timeline(*case, history=history, events=events, jobs=jobs, timers=timers, tasks=tasks)
 
 
 _JOB_COLUMNS = (

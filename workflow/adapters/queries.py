@@ -163,8 +163,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def plausible_id(case_id: str) -> bool:
-    """PostgreSQL refuses NUL in text and the column holds 36 characters: anything else is no case."""
-    return len(case_id) <= tb.ID_LENGTH and "\x00" not in case_id
+    """Ids are ASCII (UUIDs) of at most 36 characters: anything else is no case, and must not
+    reach the database (PostgreSQL refuses NUL in text; a lone surrogate from a JSON escape in a
+    cursor cannot be encoded for either database)."""
+    return len(case_id) <= tb.ID_LENGTH and case_id.isascii() and "\x00" not in case_id
 
 
 def utc(value: datetime) -> datetime:

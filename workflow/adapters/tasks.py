@@ -92,7 +92,8 @@ class SqlTasks:
         if f.case_id is not None:
             query = query.where(t.case_id == f.case_id if plausible_id(f.case_id) else t.id.is_(None))
         if f.overdue is not None:
-            late = and_(t.status == OPEN, t.due_on < today)
+            # An undated task is never late (and not NULL, which NOT would leave NULL, dropping it).
+            late = and_(t.status == OPEN, t.due_on.is_not(None), t.due_on < today)
             query = query.where(late if f.overdue else ~late)
         if cursor:
             query = query.where(tuple_(_DUE, t.id) > tuple_(*decode_cursor(cursor)))

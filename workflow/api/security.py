@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -20,8 +19,13 @@ from workflow.domain.actors import Actor, Role
 from workflow.service_layer.ports import Clock
 
 log = structlog.get_logger(__name__)
-# An office code as the offices table holds it (String(32)); the list routes' office filter too.
-OFFICE_CODE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+OFFICE_WIDTH = 32  # offices.code
+
+
+def _storable(value: str, width: int) -> bool:
+    """Fits its column and holds no control character or lone surrogate (which no database
+    takes in text): a claim that is not so names no actor or office this engine knows."""
+    return 0 < len(value) <= width and value.isprintable()
 
 
 def unauthenticated(detail: str) -> ApiProblem:
@@ -117,15 +121,16 @@ class Authenticator:
             now = self.clock.now().timestamp()
             if not float(claims["exp"]) > now or float(claims.get("nbf", now)) > now + 30:
                 return None
-            office, roles = claims.get(s.oidc_office_claim), claims.get(s.oidc_roles_claim) or []
-            if office is not None and not (isinstance(office, str) and OFFICE_CODE.fullmatch(office)):
-                # Not an office code this engine could store or match: refused, not carried into
-                # a write that would fail on the column's width.
+            subject, office = str(claims["sub"])[:120], claims.get(s.oidc_office_claim)
+            roles = claims.get(s.oidc_roles_claim) or []
+            if office is not None and not (isinstance(office, str) and _storable(office, OFFICE_WIDTH)):
+                # Not an office code this engine could store: refused, not carried into a write
+                # that would fail on the column's width (a 500 after the request was accepted).
                 return None
-            if not isinstance(roles, list):
+            if not _storable(subject, 120) or not isinstance(roles, list):
                 return None
             return Actor(
-                str(claims["sub"])[:120],
+                subject,
                 office,
                 frozenset(Role(r) for r in roles if isinstance(r, str) and r in Role.__members__.values()),
             )

@@ -30,13 +30,16 @@ class Task:
 
 
 def check_completion(task: Task | None, task_id: str, actor: Actor) -> bool:
-    """Whether completing ``task`` has anything to do: False when it is done already (completing
-    twice is a no-op, so a retried request is safe). Another office's task is unknown; a
-    cancelled one cannot be completed; only the office's staff complete its tasks."""
-    if task is None or actor.office != task.office:
+    """Whether completing ``task`` (as the actor may see it: None when not) has anything to do:
+    False when it is done already (completing twice is a no-op, so a retried request is safe).
+    Only the office's staff complete its tasks (ops and system actors, who may see them, may
+    not); another office's task is unknown; a cancelled one cannot be completed."""
+    if task is None:
         raise UnknownTask(task_id)
     if not actor.roles & STAFF:
         raise PermissionDenied(f"completing a task takes a staff role of office {task.office}")
+    if actor.office != task.office:
+        raise UnknownTask(task_id)
     if task.status == CANCELLED:
         raise TaskClosed(task_id, task.status)
     return task.status == OPEN

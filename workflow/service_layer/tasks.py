@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Protocol
 
@@ -34,14 +35,17 @@ class TaskService:
         When a cancellation or another completion commits between the read and the write, the
         task as it then is decides: done is returned, cancelled refused."""
         found = self._store.get(task_id, actor)
-        if check_completion(found, task_id, actor) and self._store.complete(
-            task_id, actor.id, self._clock.now()
-        ):
-            assert found is not None  # check_completion refused a missing task
+        if not check_completion(found, task_id, actor):
+            assert found is not None  # check_completion refuses a missing task
+            return found
+        now = self._clock.now()
+        if self._store.complete(task_id, actor.id, now):
+            assert found is not None
             log.info("task.completed", case_id=found.case_id, task_id=task_id, kind=found.kind)
-        task = self._store.get(task_id, actor)
-        if task is None:  # the case left the caller's sight between the reads
+            return replace(found, status=DONE, completed_at=now, completed_by=actor.id)
+        changed = self._store.get(task_id, actor)  # someone else's write came first
+        if changed is None:
             raise UnknownTask(task_id)
-        if task.status != DONE:
-            raise TaskClosed(task_id, task.status)
-        return task
+        if changed.status != DONE:
+            raise TaskClosed(task_id, changed.status)
+        return changed

@@ -204,11 +204,12 @@ def replay(
 
 @router.get(
     "/cases/{case_id}/timeline",
-    summary="A case as ops see it: state, history, events, jobs and timers",
+    summary="A case as ops see it: state, history, events, jobs, timers and tasks",
     description=(
         "Any office's case. History steps (trigger, states, actor id, time; no payload or reason), "
         "its outbox events (sent or waiting), the jobs of their effects with outcome and error, and "
-        "its timers. No personal data, so reads are not written to the access log."
+        "its timers and the follow-up tasks its events opened (open, done by whom, or cancelled). No "
+        "personal data, so reads are not written to the access log."
     ),
     responses=responses(*READ, "unknown_case"),
 )

@@ -363,6 +363,10 @@
     fill(byId("timeline-timers"), t.timers.map((m) => el("tr", { "data-testid": "timer-row" },
       el("td", {}, m.name), el("td", {}, m.state), el("td", {}, m.fires_trigger), el("td", {}, m.status),
       el("td", {}, when(m.due_at)), el("td", {}, when(m.fired_at)))));
+    fill(byId("timeline-tasks"), t.tasks.map((k) => el("tr", { "data-testid": "task-row", "data-kind": k.kind, "data-status": k.status },
+      el("td", {}, k.kind), el("td", {}, k.office), el("td", { class: `status-${k.status}` }, k.status),
+      el("td", {}, k.due_on || "–"), el("td", {}, when(k.created_at)), el("td", {}, when(k.completed_at)),
+      el("td", { class: "mono" }, k.completed_by || ""))));
   }
 
   // The lifecycle as an SVG: a column per phase, a box per state; every transition a faint line,
