@@ -91,10 +91,11 @@ class Facts:
             return True  # an office that never saw the case is not told of it (a withdrawal)
         if self.from_elsewhere:
             return not self.owner_served if effect.kind == NOTIFY_FAMILY else self.office_webhook is not None
-        if effect.kind == CREATE_TASK and self.office_webhook is not None:
+        if effect.kind == CREATE_TASK and event_type not in MIRRORED and self.office_webhook is not None:
             # Its staff work in their own deployment, which has no copy of the case before the
             # handover (an airport reception the origin's booking asks for): a task here would
             # sit in a list no one of theirs reads. The office's notice is what reaches them.
+            # (A decision's tasks follow the rules for events both deployments fire.)
             return True
         return (
             event_type in MIRRORED
