@@ -6,6 +6,7 @@ import dataclasses
 import json
 import tracemalloc
 import typing
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -150,6 +151,18 @@ def test_a_date_of_birth_in_the_future_is_refused():
     raw["members"][0]["date_of_birth"] = "2999-01-01"
     refused = refusal(p.RegisterInquiry, raw)
     assert [e["loc"] for e in refused.errors] == ["members.0"]
+
+
+@pytest.mark.parametrize(("days_ahead", "accepted"), [(0, True), (1, True), (2, False), (365, False)])
+def test_a_consent_dated_after_today_anywhere_is_refused(days_ahead: int, accepted: bool) -> None:
+    """Today is today somewhere a day ahead of this server at most (an office east of it)."""
+    signed = str(date.today() + timedelta(days=days_ahead))
+    raw = sample(p.RecordEligibility, consent_signed_on=signed)
+    if accepted:
+        assert parse_payload(p.RecordEligibility, raw).consent_signed_on == date.fromisoformat(signed)
+    else:
+        refused = refusal(p.RecordEligibility, raw)
+        assert [e["msg"] for e in refused.errors] == ["Value error, consent_signed_on is in the future"]
 
 
 def test_a_reason_of_only_whitespace_is_refused():

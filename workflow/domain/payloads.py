@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields, is_dataclass
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -154,6 +154,12 @@ class RecordEligibility:
 
     def __post_init__(self) -> None:
         _require(len(self.nationality) == 2 and self.nationality.isalpha(), "nationality is ISO alpha-2")
+        # Signed today at the latest, wherever the office is (a day ahead of this server at most),
+        # as date_of_birth: a consent dated ahead is a typing error, not a consent.
+        _require(
+            self.consent_signed_on is None or self.consent_signed_on <= date.today() + timedelta(days=1),
+            "consent_signed_on is in the future",
+        )
 
 
 @dataclass(frozen=True)
