@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from tests.support import REGISTRATION, advance_to, register, snapshot_tables
@@ -509,3 +509,19 @@ def test_a_case_no_office_takes_over_is_closed_with_its_reason_and_its_deadline_
         assert conn.scalar(select(c.outcome).where(c.id == case_id)) == "not_handed_over"
         pending = conn.scalars(select(t.name).where(t.case_id == case_id, t.status == "pending")).all()
     assert pending == []
+
+
+def test_a_case_whose_package_is_with_another_deployment_is_not_closed_here(app: App) -> None:
+    """Kyiv runs its own deployment and holds the package: its copy could still accept it, so
+    Tallinn cannot close the case until Kyiv refuses (which returns it to arrived)."""
+    case_id = advance_to(app, "handover_pending")
+    with app.db.begin() as conn:
+        conn.execute(
+            update(tb.offices)
+            .where(tb.offices.c.code == "kyiv")
+            .values(webhook_url="https://kyiv.example.org/in")
+        )
+    before = snapshot_tables(app.db)
+    with pytest.raises(GuardFailed, match="must refuse the handover"):
+        app.transitions.fire(case_id, "close_without_handover", TLL_APPROVER, {"reason": "no answer"})
+    assert snapshot_tables(app.db) == before

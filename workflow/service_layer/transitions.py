@@ -14,6 +14,7 @@ from workflow.domain.actors import Actor
 from workflow.domain.case import Case
 from workflow.domain.errors import (
     DomainError,
+    GuardFailed,
     IdempotencyKeyReused,
     InvalidPayload,
     TimerVoid,
@@ -44,6 +45,7 @@ OPENING = frozenset(t.trigger for t in LIFECYCLE.transitions if LIFECYCLE.initia
 TRIGGERS = frozenset(t.trigger for lifecycle in LIFECYCLES.values() for t in lifecycle.transitions)
 MAX_ACTOR_ID, MAX_KEY = 120, 200  # the widths of their columns
 REDIRECT = "redirect_handover"
+CLOSE_UNHANDED, HANDOVER_PENDING = "close_without_handover", "handover_pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +247,19 @@ class TransitionService:
         for office in offices:
             if not uow.cases.office_exists(office):
                 raise InvalidPayload(f"unknown office {office!r}")
+        if (
+            request.trigger == CLOSE_UNHANDED
+            and case.state == HANDOVER_PENDING
+            and uow.inbound.served_here(case.destination_office) is False
+        ):
+            # Its copy there would go on to accept the package, and the two copies disagree.
+            raise GuardFailed(
+                request.trigger,
+                [
+                    f"the handover package is with office {case.destination_office}'s deployment: "
+                    "it must refuse the handover before the case is closed here"
+                ],
+            )
         uow.cases.load_parts(case, transition.needs)
         return machine.fire(case, request.trigger, payload, ctx)
 
