@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
-from workflow.domain.effects import Effect
+from workflow.domain.effects import CALLED_OFF_BY, Effect
 from workflow.domain.lifecycle import DESTINATION
 from workflow.service_layer.effects import Job
 
@@ -365,6 +365,15 @@ class SqlJobStore:
             due = (occurred.astimezone(UTC) + timedelta(days=effect.due_in_days)).date()
         params = _params(job, now, task_id=str(uuid.uuid4()), kind=effect.subject, due_on=due)
         side = DESTINATION if effect.side == DESTINATION else "origin"
+        closers = CALLED_OFF_BY.get((effect.subject, effect.side), ())
+        if closers and self._called_off(job, closers):
+            # A later event called the journey off, and its job may have run before this one (the
+            # events' messages run side by side, a dead letter is replayed days later): the task
+            # it would have cancelled is not made at all.
+            with self._statements() as conn:
+                conn.execute(self._sql.finish, {**params, "p_status": "done", "p_error": None})
+            log.info("task.called_off", case_id=job.case_id, event_id=job.event_id, kind=effect.subject)
+            return
         if self._db.dialect.name == "postgresql":
             with self._statements() as conn:
                 done = conn.execute(
@@ -382,6 +391,14 @@ class SqlJobStore:
             if inserted.rowcount != 1:
                 raise LookupError(f"case {job.case_id} not found for task {effect.subject}")
             conn.execute(self._sql.finish, {**params, "p_status": "done", "p_error": None})
+
+    def _called_off(self, job: Job, closers: tuple[str, ...]) -> bool:
+        """One of ``closers`` happened to the case after the job's event."""
+        o = tb.outbox.c
+        this = select(o.id).where(o.event_id == job.event_id).scalar_subquery()
+        later = exists().where(o.case_id == job.case_id, o.id > this, o.event_type.in_(closers))
+        with self._statements(write=False) as conn:
+            return bool(conn.scalar(select(later)))
 
     def _occurred_at(self, event_id: str) -> datetime | None:
         """The event's commit time from its outbox row (a replayed job does not carry it)."""

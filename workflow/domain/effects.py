@@ -133,3 +133,17 @@ def effect_named(event_type: str, name: str) -> Effect | None:
 TASK_KINDS = tuple(
     sorted({e.subject for effects in EFFECTS.values() for e in effects if e.kind == CREATE_TASK})
 )
+
+
+# The events that call off a side's tasks of a kind (a journey called off): a task an earlier
+# event asked for is not made once one of these came after it, however late its job runs.
+def _called_off_by() -> dict[tuple[str, str], tuple[str, ...]]:
+    found: dict[tuple[str, str], tuple[str, ...]] = {}
+    for name, effects in EFFECTS.items():
+        for effect in effects:
+            if effect.kind == CLOSE_TASKS:
+                found[effect.subject, effect.side] = (*found.get((effect.subject, effect.side), ()), name)
+    return found
+
+
+CALLED_OFF_BY = _called_off_by()
