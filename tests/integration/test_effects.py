@@ -22,7 +22,7 @@ from workflow.adapters.jobs import SqlDeadLetters, SqlJobStore
 from workflow.adapters.notices import SqlFacts
 from workflow.adapters.templates import default_templates
 from workflow.bootstrap import App
-from workflow.demo import HOUSEHOLD, TLL_CASEWORKER, TLL_TRAVEL
+from workflow.demo import HOUSEHOLD, TLL_APPROVER, TLL_CASEWORKER, TLL_TRAVEL
 from workflow.domain.effects import NOTIFY_FAMILY, NOTIFY_OFFICE
 from workflow.service_layer.effects import EffectRunner, Event, Job, runnable_effects
 from workflow.service_layer.notifications import (
@@ -436,12 +436,12 @@ def test_a_journey_called_off_closes_its_preparations_and_a_new_booking_keeps_it
     assert ("airport_reception", "open") in _tasks(app, case_id)
 
 
-def test_a_bookings_tasks_whose_jobs_run_after_the_journey_was_called_off_are_not_made(
+def test_a_bookings_tasks_whose_jobs_run_after_the_journey_was_called_off_are_made_cancelled(
     app: App, inbox: tuple[int, Inbox], sink: Path
 ) -> None:
     """The other order: the no-show's jobs run first (its close finds nothing yet), the booking's
     later (a retry, a message on a slower worker, a dead letter replayed). The booking's tasks are
-    not made; the rebooking's, which came after the no-show, are."""
+    recorded, already cancelled; the rebooking's, which came after the no-show, are open."""
     port, _ = inbox
     set_offices(app)
     case_id = advance_to(app, "travel_booked")
@@ -453,10 +453,43 @@ def test_a_bookings_tasks_whose_jobs_run_after_the_journey_was_called_off_are_no
     run = runner(app, port, sink)
     assert {run.run(job) for job in [j for j in jobs if j not in booked] + booked} == {"done"}
     assert _tasks(app, case_id) == [
+        ("airport_reception", "cancelled"),
         ("airport_reception", "open"),
+        ("pre_arrival_notice", "cancelled"),
         ("pre_arrival_notice", "open"),
         ("request_travel_documents", "open"),
     ]
+    t = tb.tasks.c
     with app.db.connect() as conn:
-        sources = set(conn.scalars(select(tb.tasks.c.source_event_id).where(tb.tasks.c.case_id == case_id)))
-    assert not sources & {j.event_id for j in booked}
+        cancelled = conn.execute(
+            select(t.source_event_id, t.completed_at).where(t.case_id == case_id, t.status == "cancelled")
+        ).all()
+    assert {source for source, _ in cancelled} == {j.event_id for j in booked}
+    assert all(at is not None for _, at in cancelled)
+
+
+def test_a_case_that_ends_cancels_its_open_tasks_and_leaves_done_ones_done(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    """Closed without a handover after departure: the reception Kyiv prepared and Tallinn's
+    open preparations are moot; a task staff completed stays done."""
+    port, _ = inbox
+    set_offices(app)
+    case_id = advance_to(app, "departed")
+    run = runner(app, port, sink)
+    before = jobs_of(app, case_id)
+    assert {run.run(job) for job in before} == {"done"}
+    with app.db.connect() as conn:
+        documents = conn.scalar(
+            select(tb.tasks.c.id).where(
+                tb.tasks.c.case_id == case_id, tb.tasks.c.kind == "request_travel_documents"
+            )
+        )
+    app.tasks.complete(documents, TLL_TRAVEL)
+    app.transitions.fire(case_id, "close_without_handover", TLL_APPROVER, {"reason": "the family stayed"})
+    assert {run.run(job) for job in jobs_of(app, case_id) if job not in before} == {"done"}
+    assert _tasks(app, case_id) == [
+        ("airport_reception", "cancelled"),
+        ("pre_arrival_notice", "cancelled"),
+        ("request_travel_documents", "done"),
+    ]

@@ -12,7 +12,7 @@ import pytest
 from config.celery import MAX_ATTEMPTS
 from workers.tasks import backoff
 from workflow.adapters.templates import default_templates
-from workflow.domain.effects import EFFECTS, TASKS_ONLY, Effect
+from workflow.domain.effects import EFFECTS, OPENED_TASKS, TASKS_ONLY, Effect
 from workflow.domain.lifecycle import DESTINATION, LIFECYCLE, ORIGIN
 from workflow.service_layer.effects import EffectRunner, Event, Facts, Job, UnknownEffect, runnable_effects
 from workflow.service_layer.notifications import (
@@ -272,6 +272,14 @@ def test_a_booking_asks_no_task_of_a_destination_served_by_another_deployment() 
     )
     assert outcome.failures == () and store.tasks == ["pre_arrival_notice"]
     assert [m.recipient for m in email.sent] == ["family@example.org", "destination-office@example.org"]
+
+
+def test_the_tasks_a_case_that_ends_cancels_are_every_task_the_table_opens() -> None:
+    opened = {(e.subject, e.side) for effects in EFFECTS.values() for e in effects if e.kind == "create_task"}
+    assert set(OPENED_TASKS) == opened
+    for event_type in ("CaseClosed", "CaseLapsed"):
+        closed = {(e.subject, e.side) for e in EFFECTS[event_type] if e.kind == "close_tasks"}
+        assert closed == opened, event_type
 
 
 def test_events_with_tasks_only_are_the_destinations_own_after_the_handover() -> None:

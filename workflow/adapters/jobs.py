@@ -22,9 +22,11 @@ from sqlalchemy import (
     Engine,
     and_,
     bindparam,
+    case,
     exists,
     insert,
     literal,
+    null,
     select,
     update,
 )
@@ -220,36 +222,65 @@ class _Statements:
         )
         # PostgreSQL: the last delivery's record and the job's end in one statement.
         self.record_and_finish = self.finish.add_cte(self.record.cte("recorded"))
-        cs, ts = tb.cases.c, tb.tasks.c
+        cs, ts, o = tb.cases.c, tb.tasks.c, tb.outbox.c
+        # A later event of the case that calls the task off (p_closers): the task is made already
+        # cancelled. Its job may run after that event's own, whose close then found nothing.
+        later = tb.outbox.alias("later")
+        this = select(o.id).where(o.event_id == bindparam("p_event_id")).scalar_subquery()
+        called_off = exists().where(
+            later.c.case_id == cs.id,
+            later.c.id > this,
+            later.c.event_type.in_(bindparam("p_closers", expanding=True)),
+        )
+        now = bindparam("p_now", type_=ts.created_at.type)
+        status = {
+            False: literal("open", ts.status.type),
+            True: case(
+                (called_off, literal("cancelled", ts.status.type)), else_=literal("open", ts.status.type)
+            ),
+        }
+        closed_at = {False: null(), True: case((called_off, now), else_=null())}
         self.task = {
-            side: insert_(tb.tasks).from_select(
-                ["id", "case_id", "kind", "status", "office", "due_on", "source_event_id", "created_at"],
+            (side, checked): insert_(tb.tasks).from_select(
+                [
+                    "id",
+                    "case_id",
+                    "kind",
+                    "status",
+                    "office",
+                    "due_on",
+                    "source_event_id",
+                    "created_at",
+                    "completed_at",
+                ],
                 select(
                     bindparam("p_task_id", type_=ts.id.type),
                     cs.id,
                     bindparam("p_kind", type_=ts.kind.type),
-                    literal("open", ts.status.type),
+                    status[checked],
                     cs.destination_office if side == DESTINATION else cs.origin_office,
                     bindparam("p_due_on", type_=ts.due_on.type),
                     bindparam("p_event_id", type_=ts.source_event_id.type),
-                    bindparam("p_now", type_=ts.created_at.type),
+                    now,
+                    closed_at[checked],
                 ).where(cs.id == bindparam("p_case_id")),
             )
             for side in (DESTINATION, "origin")
+            for checked in (False, True)
         }
         # PostgreSQL: the task and the job's done in one statement (one round trip, atomic).
         # No row back when neither write happened: the case is not there, or another delivery
         # of the job made the task first (it waits for that one to commit, then skips).
         self.task_and_finish = {
-            side: self.finish.where(
+            key: self.finish.where(
                 exists(
                     insert_task.on_conflict_do_nothing(index_elements=[ts.source_event_id, ts.kind])
                     .returning(ts.id)
-                    .cte(f"task_{side}")
+                    .cte(f"task_{key[0]}")
                     .select()
                 )
             ).returning(j.attempts)
-            for side, insert_task in self.task.items()
+            for key, insert_task in self.task.items()
         }
 
 
@@ -366,39 +397,23 @@ class SqlJobStore:
         params = _params(job, now, task_id=str(uuid.uuid4()), kind=effect.subject, due_on=due)
         side = DESTINATION if effect.side == DESTINATION else "origin"
         closers = CALLED_OFF_BY.get((effect.subject, effect.side), ())
-        if closers and self._called_off(job, closers):
-            # A later event called the journey off, and its job may have run before this one (the
-            # events' messages run side by side, a dead letter is replayed days later): the task
-            # it would have cancelled is not made at all.
-            with self._statements() as conn:
-                conn.execute(self._sql.finish, {**params, "p_status": "done", "p_error": None})
-            log.info("task.called_off", case_id=job.case_id, event_id=job.event_id, kind=effect.subject)
-            return
+        key = (side, bool(closers))
+        if closers:
+            params["p_closers"] = list(closers)
+        finish = {**params, "p_status": "done", "p_error": None}
         if self._db.dialect.name == "postgresql":
             with self._statements() as conn:
-                done = conn.execute(
-                    self._sql.task_and_finish[side], {**params, "p_status": "done", "p_error": None}
-                ).first()
+                done = conn.execute(self._sql.task_and_finish[key], finish).first()
                 if done is None and conn.scalar(self._sql.status, params) != "done":
                     raise LookupError(f"case {job.case_id} not found for task {effect.subject}")
             return
         with writing(self._db) as conn:
             inserted = conn.execute(
-                self._sql.task[side],
-                params,
-                execution_options={"preserve_rowcount": True},
+                self._sql.task[key], params, execution_options={"preserve_rowcount": True}
             )
             if inserted.rowcount != 1:
                 raise LookupError(f"case {job.case_id} not found for task {effect.subject}")
-            conn.execute(self._sql.finish, {**params, "p_status": "done", "p_error": None})
-
-    def _called_off(self, job: Job, closers: tuple[str, ...]) -> bool:
-        """One of ``closers`` happened to the case after the job's event."""
-        o = tb.outbox.c
-        this = select(o.id).where(o.event_id == job.event_id).scalar_subquery()
-        later = exists().where(o.case_id == job.case_id, o.id > this, o.event_type.in_(closers))
-        with self._statements(write=False) as conn:
-            return bool(conn.scalar(select(later)))
+            conn.execute(self._sql.finish, finish)
 
     def _occurred_at(self, event_id: str) -> datetime | None:
         """The event's commit time from its outbox row (a replayed job does not carry it)."""

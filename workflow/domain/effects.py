@@ -58,6 +58,17 @@ _TRAVEL_BOOKED = (
 
 _HANDOVER_DECISION = Effect(DELIVER_ACK, "handover_decision", ORIGIN)
 
+# Every kind of task the table opens, with its office's side (tests/unit/test_effect_runner.py
+# holds this to the table). A case that ends cancels whatever of them is still open.
+OPENED_TASKS = (
+    ("request_travel_documents", ORIGIN),
+    ("pre_arrival_notice", ORIGIN),
+    ("airport_reception", DESTINATION),
+    ("reintegration_counselling", DESTINATION),
+    ("monitoring_visit", DESTINATION),
+)
+_CASE_OVER = tuple(close(kind, side) for kind, side in OPENED_TASKS)
+
 EFFECTS: dict[str, tuple[Effect, ...]] = {
     "InquiryRegistered": (family("inquiry_registered"),),
     "ApplicationSubmitted": (office("application_submitted", ORIGIN),),
@@ -103,8 +114,8 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
         family("monitoring_visit_due"),
         office("monitoring_visit_overdue", DESTINATION),
     ),
-    "CaseLapsed": (office("case_lapsed", ORIGIN),),
-    "CaseClosed": (family("case_closed"), office("case_closed", ORIGIN)),
+    "CaseLapsed": (office("case_lapsed", ORIGIN), *_CASE_OVER),
+    "CaseClosed": (family("case_closed"), office("case_closed", ORIGIN), *_CASE_OVER),
 }
 
 
