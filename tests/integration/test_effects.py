@@ -22,7 +22,7 @@ from workflow.adapters.jobs import SqlDeadLetters, SqlJobStore
 from workflow.adapters.notices import SqlFacts
 from workflow.adapters.templates import default_templates
 from workflow.bootstrap import App
-from workflow.demo import HOUSEHOLD, TLL_APPROVER, TLL_CASEWORKER, TLL_TRAVEL
+from workflow.demo import HOUSEHOLD, KBP_CASEWORKER, TLL_APPROVER, TLL_CASEWORKER, TLL_TRAVEL
 from workflow.domain.effects import NOTIFY_FAMILY, NOTIFY_OFFICE
 from workflow.service_layer.effects import EffectRunner, Event, Job, runnable_effects
 from workflow.service_layer.notifications import (
@@ -493,3 +493,26 @@ def test_a_case_that_ends_cancels_its_open_tasks_and_leaves_done_ones_done(
         ("pre_arrival_notice", "cancelled"),
         ("request_travel_documents", "done"),
     ]
+
+
+def test_a_handover_package_run_after_the_case_was_redirected_is_delivered_to_no_one(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    """Kyiv refused, Tallinn named Riga and sent again; the first package's job runs only now (a
+    retry, a replayed dead letter): it goes neither to Kyiv nor to Riga, which gets its own."""
+    port, mail = inbox
+    set_offices(app)
+    with app.db.begin() as conn:
+        conn.execute(
+            update(tb.offices).where(tb.offices.c.code == "riga").values(email="riga@avrr.example.org")
+        )
+    case_id = advance_to(app, "handover_pending")
+    app.transitions.fire(case_id, "refuse_handover", KBP_CASEWORKER, {"reason": "not our region"})
+    redirect = {"destination_office": "riga", "reason": "the family settles in Latvia"}
+    app.transitions.fire(case_id, "redirect_handover", TLL_CASEWORKER, redirect)
+    app.transitions.fire(case_id, "send_handover", TLL_CASEWORKER)
+    first, second = [j for j in jobs_of(app, case_id) if j.event_type == "HandoverSent"]
+    run = runner(app, port, sink)
+    assert run.run(second) == "done"
+    assert run.run(first) == "done"
+    assert [m["To"] for m in mail.received()] == ["riga@avrr.example.org"]

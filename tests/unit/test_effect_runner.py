@@ -98,6 +98,7 @@ class FactSource:
     )
     office_email: str | None = "office@example.org"
     webhook: str | None = None
+    redirected: bool = False  # a later event named another destination office
 
     def facts(self, job: Job) -> dict[str, Facts]:
         values = {"case_ref": "C-1", "departure_on": "2026-12-01", "route": "TLL-KBP", "due_on": "2026-12-03"}
@@ -115,6 +116,9 @@ class FactSource:
 
     def handover_package(self, job: Job) -> dict[str, Any]:
         return {"case_id": job.case_id}
+
+    def redirected_since(self, job: Job) -> bool:
+        return self.redirected
 
 
 def runner(store: Store, channels: dict[str, Channel], facts: FactSource | None = None) -> EffectRunner:
@@ -371,6 +375,17 @@ def test_a_handover_within_the_deployment_tells_the_destination_office_by_email(
         "local",
         EMAIL,
     }
+
+
+@pytest.mark.parametrize("webhook", [None, "https://riga.example.org/handover"])
+def test_a_handover_retried_after_the_case_was_redirected_goes_nowhere(webhook: str | None) -> None:
+    """The package was for the office first named; the case now goes to another, which reads the
+    case as it is now: a retry or replay of the old package sends nothing to either."""
+    store, email, channel = Store(), Channel(), Channel()
+    the_job = job("HandoverSent", "deliver_handover:handover_package:destination")
+    facts = FactSource(webhook=webhook, redirected=True)
+    assert runner(store, {EMAIL: email, WEBHOOK: channel}, facts).run(the_job) == "done"
+    assert email.sent == [] and channel.sent == [] and store.status == "done"
 
 
 def test_an_effect_the_table_does_not_name_is_refused() -> None:

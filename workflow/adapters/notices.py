@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, bindparam, case, func, select
+from sqlalchemy import Engine, Select, bindparam, case, exists, func, select
 
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import autocommit
@@ -19,6 +19,7 @@ from workflow.service_layer.notifications import EMAIL, FALLBACK_LANGUAGE, LANGU
 # Staff read notices in their country's language where the templates have it.
 OFFICE_LANGUAGE = {"EE": "et", "UA": "uk"}
 HANDOVER_PACKAGE = PACKAGE
+REDIRECTED = "HandoverRedirected"  # a later event naming another destination office
 
 c, m, t = tb.cases.c, tb.household_members.c, tb.timers.c
 _CASE = select(
@@ -194,6 +195,19 @@ class SqlFacts:
                 for p in members
             ],
         }
+
+    def redirected_since(self, job: Job) -> bool:
+        later, this = tb.outbox.alias("later"), tb.outbox.c
+        event_id = select(this.id).where(this.event_id == job.event_id).scalar_subquery()
+        query = select(
+            exists().where(
+                later.c.case_id == job.case_id,
+                later.c.id > event_id,
+                later.c.event_type == REDIRECTED,
+            )
+        )
+        with self._db.connect() as conn:
+            return bool(conn.scalar(query))
 
     def handover_decision(self, job: Job) -> dict[str, Any]:
         """The destination's decision for the origin's deployment: the case and the verdict, and

@@ -185,6 +185,10 @@ class FactSource(Protocol):
         """The destination's acceptance or refusal, for the origin office's deployment."""
         ...
 
+    def redirected_since(self, job: Job) -> bool:
+        """A later event of the case named another destination office (redirect_handover)."""
+        ...
+
 
 class UnknownEffect(Exception):
     """A job names an effect the lifecycle's effect table does not have."""
@@ -316,6 +320,11 @@ class EffectRunner:
         elif effect.kind == DELIVER_ACK:
             return self._deliver_decision(store, job, facts.office_webhook)
         elif effect.kind == DELIVER_HANDOVER:
+            if self._facts.redirected_since(job):
+                # A retry or replay of a package the case no longer goes with: the office now
+                # named for it reads the case as it is now (the facts), not the one this was for.
+                log.warning("handover.superseded", case_id=job.case_id, event_id=job.event_id)
+                return None
             if facts.office_webhook:
                 return self._deliver_handover(store, job, facts.office_webhook)
             # The destination office is in this deployment: it sees the case already; tell it.
