@@ -127,7 +127,9 @@ class CaseModel:
     state: str = LIFECYCLE.initial
     version: int = 0
     fired: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (trigger, actor id)
-    shared: bool = False  # with the destination office: from the travel booking, or a received handover
+    # With the destination office: from the booking or a received handover; a redirect unshares
+    # it until the next send_handover.
+    shared: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +156,7 @@ class Call:
 
 
 # The transitions from which the destination office sees a case (DOMAIN.md: minimum needed).
-SHARING = {"book_travel", "rebook_travel", "receive_handover"}
+SHARING = {"book_travel", "rebook_travel", "receive_handover", "send_handover"}
 
 
 def visible(actor: Actor, model: CaseModel) -> bool:
@@ -709,7 +711,8 @@ class EngineMachine(RuleBasedStateMachine):
             assert call.payload["destination_office"] not in (model.origin, model.destination, "oslo")
             model.destination = call.payload["destination_office"]
         model.fired.append((call.trigger, call.actor.id))
-        model.shared = model.shared or call.trigger in SHARING
+        # A redirect unshares the case: its new office sees it from the handover sent to it.
+        model.shared = call.trigger != "redirect_handover" and (model.shared or call.trigger in SHARING)
         self.cases[result.case_id] = model
 
 

@@ -223,10 +223,12 @@ def test_the_destination_has_nothing_to_do_with_a_case_before_it_is_shared() -> 
             # cannot have yet (none is made before the booking) does nothing.
             allowed = (NOTIFY_OFFICE, CLOSE_TASKS)
             assert all(e.side != DESTINATION or e.kind in allowed for e in effects_of(event)), t.trigger
+    # send_handover shares again a case a redirect unshared (its new office had nothing to act on).
     assert {t.trigger for t in LIFECYCLE.transitions if t.shares} == {
         "book_travel",
         "rebook_travel",
         "receive_handover",
+        "send_handover",
     }
 
 

@@ -239,6 +239,7 @@ class Case:
 
     def redirect_handover(self, payload: p.RedirectHandover, ctx: FireContext) -> None:
         self.destination_office = payload.destination_office
+        self.shared_at = None  # the new office sees the case from the handover sent to it
 
     def close_without_handover(self, payload: p.Reason, ctx: FireContext) -> None:
         self.outcome = "not_handed_over"

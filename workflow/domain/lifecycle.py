@@ -57,7 +57,8 @@ class Transition:
     # its own (arrival, handover). An inquiry, an application, a rejection or a withdrawal before any
     # booking concerns the origin office alone. A handover received from another deployment opens the
     # case there already shared. Once shared, a case stays shared: a booking cancelled and then
-    # withdrawn was still prepared for by the destination, which keeps its record of it.
+    # withdrawn was still prepared for by the destination, which keeps its record of it. A redirect
+    # to another destination office unshares it: that office sees it from the handover sent to it.
     shares: bool = False  # the destination office sees the case from this transition on
     doc: str = ""
 
@@ -293,7 +294,9 @@ TRANSITIONS = (
         effect="confirm_arrival",
         guards=(g.arrival_after_departure,),
     ),
-    _t("send_handover", "arrived", "handover_pending", [CW], "HandoverSent"),
+    # Shares: a case redirected to another destination office is unshared (the new office has had
+    # nothing to act on yet); the package it is sent is its first need to know.
+    _t("send_handover", "arrived", "handover_pending", [CW], "HandoverSent", shares=True),
     _t(
         "redirect_handover",
         "arrived",
