@@ -19,10 +19,11 @@ aiosmtpd sink in this process (AVRR_SMTP_HOST/PORT) and an SMS file sink (AVRR_S
     after the pipeline, to show how noisy the machine is.
 (b) The pipeline: client processes fire transitions open-loop at each rate (slot i is due at
     t0 + i/rate, whatever happened to slot i-1). The default mix cycles register_inquiry (1 job:
-    the family's e-mail and SMS), record_no_show (1 job: the origin office's e-mail) and
-    rebook_travel (4 jobs: family e-mail and SMS, the destination office's e-mail, two tasks) on
-    cases walked to travel_booked beforehand; ``--workload tasks`` fires record_monitoring_visit on
-    cases walked to monitoring (1 job: a task row, nothing sent). One message per event carries its
+    the family's e-mail and SMS), record_no_show (4 jobs: the offices' e-mails, the journey's tasks
+    closed) and rebook_travel (4 jobs: family e-mail and SMS, the destination office's e-mail, two
+    tasks) on cases walked to travel_booked beforehand; ``--workload tasks`` fires
+    record_monitoring_visit on cases walked to monitoring (2 jobs: the visit asked for before marked
+    done, the next one's task made; database rows only, nothing sent). One message per event carries its
     jobs, which run in turn. Latency is ``jobs.finished_at - outbox.occurred_at``
     for every job of every fired event; ``occurred_at`` is the fire's clock reading taken before the
     transition's writes, so it comes a few ms before the commit (the "fire" column shows how many).
@@ -107,11 +108,12 @@ NO_SHOW = {"reason": "missed the flight"}
 _VISIT_AT = next(i for i, s in enumerate(STEPS) if s.trigger == "record_monitoring_visit")
 TO_MONITORING, VISIT = STEPS[:_VISIT_AT], STEPS[_VISIT_AT]
 WORKLOADS = {
-    "mixed": ("register", "travel", "travel"),  # register, no-show, rebook: 6 jobs per 3 events
+    "mixed": ("register", "travel", "travel"),  # register, no-show, rebook: 9 jobs per 3 events
     "register": ("register",),  # 1 job (e-mail + SMS) per event
-    "travel": ("travel",),  # no-show and rebook alternately: 5 jobs per 2 events
-    # record_monitoring_visit on cases in monitoring: 1 job per event, a task row and nothing
-    # sent; the issue's own measure (the effect is the handler's database row).
+    "travel": ("travel",),  # no-show and rebook alternately: 8 jobs per 2 events
+    # record_monitoring_visit on cases in monitoring: 2 jobs per event (the last visit's task done,
+    # the next one's made), database rows and nothing sent; the issue's own measure (the effect is
+    # the handler's database row).
     "tasks": ("visit",),
 }
 

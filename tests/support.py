@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,8 +52,11 @@ def register(app: App, **overrides: Any) -> FireResult:
     return app.transitions.create_case(TLL_CASEWORKER, {**REGISTRATION, **overrides})
 
 
-def advance_to(app: App, state: str, case_id: str | None = None) -> str:
-    """Registers a case (unless given) and walks the seed story until the case is in ``state``."""
+def advance_to(
+    app: App, state: str, case_id: str | None = None, after_each: Callable[[str], None] | None = None
+) -> str:
+    """Registers a case (unless given) and walks the seed story until the case is in ``state``;
+    ``after_each(case_id)`` runs after each transition (the workers' part, say)."""
     case_id = case_id or register(app).case_id
     for step in STEPS:
         if app.views.case(case_id)["state"] == state:
@@ -60,6 +64,8 @@ def advance_to(app: App, state: str, case_id: str | None = None) -> str:
         view = app.views.case(case_id)
         payload = step.payload(view) if callable(step.payload) else step.payload
         app.transitions.fire(case_id, step.trigger, step.actor, payload)
+        if after_each is not None:
+            after_each(case_id)
     if app.views.case(case_id)["state"] != state:
         raise AssertionError(f"the seed story never reaches {state}")
     return case_id

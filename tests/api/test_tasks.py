@@ -22,7 +22,7 @@ from workflow.adapters.templates import default_templates
 from workflow.bootstrap import App
 from workflow.demo import TLL_TRAVEL
 from workflow.domain.actors import Role
-from workflow.domain.effects import CLOSE_TASKS, CREATE_TASK
+from workflow.domain.effects import CLOSE_TASKS, COMPLETE_TASKS, CREATE_TASK
 from workflow.service_layer.effects import EffectRunner
 
 # A well-formed cursor whose id, JSON-escaped, is a lone surrogate: no database can encode it.
@@ -52,7 +52,7 @@ def run_task_effects(app: App, case_id: str) -> None:
         renderer=default_templates(),
     )
     for job in jobs_of(app, case_id):
-        if job.effect.split(":")[0] in (CREATE_TASK, CLOSE_TASKS):
+        if job.effect.split(":")[0] in (CREATE_TASK, CLOSE_TASKS, COMPLETE_TASKS):
             assert runner.run(job) == "done", job
 
 
@@ -69,23 +69,25 @@ def tasks(api: TestClient, headers: dict[str, str], **params: Any) -> list[dict[
 
 @pytest.fixture
 def booked(app: App) -> str:
-    """A case with travel booked: Tallinn was asked for travel documents (due in 7 days) and a
-    pre-arrival notice (3 days), Kyiv for the airport reception (no date)."""
-    case_id = advance_to(app, "travel_booked")
-    run_task_effects(app, case_id)
-    return case_id
+    """A case with travel booked, each event's tasks settled as the workers would as it happened:
+    Tallinn was asked for travel documents (done when they were recorded) and a pre-arrival
+    notice (due in 3 days), Kyiv for the airport reception (no date)."""
+    return advance_to(app, "travel_booked", after_each=lambda case_id: run_task_effects(app, case_id))
 
 
 def test_each_office_lists_its_own_open_tasks_soonest_due_first(
     app: App, api: TestClient, booked: str
 ) -> None:
     mine = tasks(api, staff(app, "tallinn"))
-    assert [(t["kind"], t["office"], t["status"], t["case_id"]) for t in mine] == [
-        ("pre_arrival_notice", "tallinn", "open", booked),
-        ("request_travel_documents", "tallinn", "open", booked),
+    assert [(t["kind"], t["office"], t["status"], t["case_id"], t["due_on"]) for t in mine] == [
+        ("pre_arrival_notice", "tallinn", "open", booked, "2026-12-01")
     ]
-    assert [t["due_on"] for t in mine] == ["2026-12-01", "2026-12-05"]
     assert all(set(t) == ITEM_KEYS for t in mine)  # no names, no contacts
+    # Recording the travel documents did what that task asked: done, by the event (no one's).
+    done = tasks(api, staff(app, "tallinn"), status="done")
+    assert [(t["kind"], t["due_on"], t["completed_by"]) for t in done] == [
+        ("request_travel_documents", "2026-12-05", None)
+    ]
     theirs = tasks(api, staff(app, "kyiv"))
     assert [(t["kind"], t["office"], t["due_on"]) for t in theirs] == [("airport_reception", "kyiv", None)]
     assert tasks(api, staff(app, "riga")) == []
@@ -95,18 +97,25 @@ def test_staff_complete_a_task_once_and_a_retry_answers_it_as_it_is(
     app: App, api: TestClient, clock: FixedClock, booked: str
 ) -> None:
     travel = bearer(token_for(app, TLL_TRAVEL.id, "tallinn", Role.TRAVEL_OFFICER))
-    documents = next(t for t in tasks(api, travel) if t["kind"] == "request_travel_documents")
-    done = api.post(f"/tasks/{documents['id']}/complete", headers=travel)
+    (notice,) = tasks(api, travel)
+    done = api.post(f"/tasks/{notice['id']}/complete", headers=travel)
     assert done.status_code == 200, done.json()
-    assert (done.json()["status"], done.json()["completed_by"]) == ("done", TLL_TRAVEL.id)
+    assert (done.json()["kind"], done.json()["status"], done.json()["completed_by"]) == (
+        "pre_arrival_notice",
+        "done",
+        TLL_TRAVEL.id,
+    )
     assert done.json()["completed_at"].startswith("2026-11-28T09:00:00")
 
     clock.advance(hours=2)
-    again = api.post(f"/tasks/{documents['id']}/complete", headers=staff(app, "tallinn"))
+    again = api.post(f"/tasks/{notice['id']}/complete", headers=staff(app, "tallinn"))
     assert again.status_code == 200
     assert again.json() == done.json()  # not completed twice, nor by the second caller
-    assert [t["kind"] for t in tasks(api, travel)] == ["pre_arrival_notice"]
-    assert [t["id"] for t in tasks(api, travel, status="done")] == [documents["id"]]
+    assert tasks(api, travel) == []
+    assert {t["kind"] for t in tasks(api, travel, status="done")} == {
+        "pre_arrival_notice",
+        "request_travel_documents",
+    }
     assert len(tasks(api, travel, status=["open", "done"])) == 2
 
 
@@ -161,9 +170,14 @@ def test_the_overdue_filter_finds_open_tasks_past_their_due_date(
 ) -> None:
     headers = staff(app, "tallinn")
     assert tasks(api, headers, overdue="true") == []
-    clock.advance(days=4)  # the pre-arrival notice was due in 3 days
+    assert [t["kind"] for t in tasks(api, headers, overdue="false")] == ["pre_arrival_notice"]
+    clock.advance(days=8)  # the pre-arrival notice was due in 3 days, the documents in 7
     assert [t["kind"] for t in tasks(api, headers, overdue="true")] == ["pre_arrival_notice"]
-    assert [t["kind"] for t in tasks(api, headers, overdue="false")] == ["request_travel_documents"]
+    assert tasks(api, headers, overdue="false") == []
+    # A done task is never overdue, however long ago its date passed.
+    assert [t["kind"] for t in tasks(api, headers, status="done", overdue="false")] == [
+        "request_travel_documents"
+    ]
     # An undated task is never overdue, and is among the others.
     kyiv = staff(app, "kyiv")
     assert tasks(api, kyiv, overdue="true") == []
@@ -171,22 +185,24 @@ def test_the_overdue_filter_finds_open_tasks_past_their_due_date(
 
 
 def test_pages_walk_every_task_once_in_order(app: App, api: TestClient, booked: str) -> None:
-    second = advance_to(app, "travel_booked")
-    run_task_effects(app, second)
+    second = advance_to(app, "travel_booked", after_each=lambda case_id: run_task_effects(app, case_id))
     headers = staff(app, "tallinn")
-    expected = [t["id"] for t in tasks(api, headers, limit=200)]
+    both = ["open", "done"]
+    expected = [t["id"] for t in tasks(api, headers, limit=200, status=both)]
     assert len(expected) == 4
     seen: list[str] = []
     cursor = None
     for _ in range(10):
         page = api.get(
-            "/tasks", params={"limit": 1, **({"cursor": cursor} if cursor else {})}, headers=headers
+            "/tasks",
+            params={"limit": 1, "status": both, **({"cursor": cursor} if cursor else {})},
+            headers=headers,
         ).json()
         seen += [t["id"] for t in page["items"]]
         if (cursor := page["next_cursor"]) is None:
             break
     assert seen == expected
-    assert [t["case_id"] for t in tasks(api, headers, case_id=second)] == [second, second]
+    assert [t["case_id"] for t in tasks(api, headers, case_id=second, status=both)] == [second, second]
     assert [t["kind"] for t in tasks(api, headers, kind="pre_arrival_notice")] == ["pre_arrival_notice"] * 2
 
 

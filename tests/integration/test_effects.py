@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.servers import Inbox, Receiver, http_receiver, smtp_server
-from tests.support import advance_to, job_states
+from tests.support import FixedClock, advance_to, job_states
 from workflow.adapters import tables as tb
 from workflow.adapters.channels.sms import FileSinkSms
 from workflow.adapters.channels.smtp import SmtpChannel
@@ -23,7 +24,7 @@ from workflow.adapters.notices import SqlFacts
 from workflow.adapters.templates import default_templates
 from workflow.bootstrap import App
 from workflow.demo import HOUSEHOLD, KBP_CASEWORKER, TLL_APPROVER, TLL_CASEWORKER, TLL_TRAVEL
-from workflow.domain.effects import NOTIFY_FAMILY, NOTIFY_OFFICE
+from workflow.domain.effects import CLOSE_TASKS, COMPLETE_TASKS, CREATE_TASK, NOTIFY_FAMILY, NOTIFY_OFFICE
 from workflow.service_layer.effects import EffectRunner, Event, Job, runnable_effects
 from workflow.service_layer.notifications import (
     EMAIL,
@@ -430,7 +431,7 @@ def test_a_journey_called_off_closes_its_preparations_and_a_new_booking_keeps_it
         ("airport_reception", "open"),
         ("pre_arrival_notice", "cancelled"),
         ("pre_arrival_notice", "open"),
-        ("request_travel_documents", "open"),
+        ("request_travel_documents", "done"),  # the documents were recorded: the work it asked
     ]
     assert {run.run(job) for job in late} == {"done"}  # delivered again: nothing more
     assert ("airport_reception", "open") in _tasks(app, case_id)
@@ -457,7 +458,7 @@ def test_a_bookings_tasks_whose_jobs_run_after_the_journey_was_called_off_are_ma
         ("airport_reception", "open"),
         ("pre_arrival_notice", "cancelled"),
         ("pre_arrival_notice", "open"),
-        ("request_travel_documents", "open"),
+        ("request_travel_documents", "done"),  # the documents were recorded: the work it asked
     ]
     t = tb.tasks.c
     with app.db.connect() as conn:
@@ -516,3 +517,45 @@ def test_a_handover_package_run_after_the_case_was_redirected_is_delivered_to_no
     assert run.run(second) == "done"
     assert run.run(first) == "done"
     assert [m["To"] for m in mail.received()] == ["riga@avrr.example.org"]
+
+
+def test_tasks_are_done_by_the_events_that_do_their_work_and_a_visit_asks_for_the_next(
+    app: App, clock: FixedClock, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    """Recording the documents does the documents task, the arrival the reception, the plan's
+    submission the counselling, a monitoring visit the visit the last one (or the last tranche)
+    asked for, and it asks for the next. Each settled as it happened, as the workers would."""
+    port, _ = inbox
+    set_offices(app)
+    run = runner(app, port, sink)
+    kinds = (CREATE_TASK, CLOSE_TASKS, COMPLETE_TASKS)
+
+    def workers(case_id: str) -> None:
+        for job in jobs_of(app, case_id):
+            if job.effect.split(":")[0] in kinds:
+                assert run.run(job) == "done", job
+
+    case_id = advance_to(app, "monitoring", after_each=workers)
+    assert _tasks(app, case_id) == [
+        ("airport_reception", "done"),
+        ("monitoring_visit", "open"),  # the last tranche asked for the first visit
+        ("pre_arrival_notice", "open"),  # staff's to complete (no event does it)
+        ("reintegration_counselling", "done"),
+        ("request_travel_documents", "done"),
+    ]
+    clock.advance(days=30)
+    visit = {"visited_on": "2026-12-28", "kind": "home_visit", "plan_on_track": True}
+    app.transitions.fire(case_id, "record_monitoring_visit", KBP_CASEWORKER, visit)
+    workers(case_id)
+    t = tb.tasks.c
+    with app.db.connect() as conn:
+        visits = conn.execute(
+            select(t.status, t.completed_by, t.due_on).where(
+                t.case_id == case_id, t.kind == "monitoring_visit"
+            )
+        ).all()
+    assert sorted((status, by) for status, by, _ in visits) == [("done", None), ("open", None)]
+    # The next visit is due 90 days after this one, 30 days after the first was asked for.
+    assert sorted(due for _, _, due in visits)[1] - sorted(due for _, _, due in visits)[0] == timedelta(
+        days=30
+    )

@@ -315,12 +315,12 @@ def test_a_timeline_shows_the_history_events_jobs_timers_and_tasks_of_one_case(
         SqlJobStore(app.db).start(task_job, clock.now())
         SqlJobStore(app.db).create_task_once(task_job, effect, clock.now())
     with app.db.connect() as conn:
-        documents = conn.scalar(
+        notice = conn.scalar(
             select(tb.tasks.c.id).where(
-                tb.tasks.c.case_id == case_id, tb.tasks.c.kind == "request_travel_documents"
+                tb.tasks.c.case_id == case_id, tb.tasks.c.kind == "pre_arrival_notice"
             )
         )
-    app.tasks.complete(documents, TLL_TRAVEL)
+    app.tasks.complete(notice, TLL_TRAVEL)
     events = events_of(app, case_id)
     mark_sent(app, events[:2], clock.now() + SECOND)
 
@@ -352,11 +352,13 @@ def test_a_timeline_shows_the_history_events_jobs_timers_and_tasks_of_one_case(
         ("departure_reminder", "travel_booked", "remind_departure", "cancelled"),
         ("handover_acknowledgement", "handover_pending", "escalate_handover", "pending"),
     ]
-    # Its tasks (opened together here, so in order of kind): the travel documents done, by whom.
+    # Its tasks (opened together here, so in order of kind): made late, after the events that did
+    # their work (the arrival, the documents recorded), those two were made done; the pre-arrival
+    # notice was completed by a travel officer.
     assert [(k.kind, k.office, k.status, k.completed_by) for k in timeline.tasks] == [
-        ("airport_reception", "kyiv", "open", None),
-        ("pre_arrival_notice", "tallinn", "open", None),
-        ("request_travel_documents", "tallinn", "done", TLL_TRAVEL.id),
+        ("airport_reception", "kyiv", "done", None),
+        ("pre_arrival_notice", "tallinn", "done", TLL_TRAVEL.id),
+        ("request_travel_documents", "tallinn", "done", None),
     ]
 
 

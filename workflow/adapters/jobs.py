@@ -36,7 +36,7 @@ from sqlalchemy.exc import DBAPIError
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
-from workflow.domain.effects import CALLED_OFF_BY, Effect
+from workflow.domain.effects import SETTLED_BY, SETTLING, Effect
 from workflow.domain.lifecycle import DESTINATION
 from workflow.service_layer.effects import Job
 
@@ -223,23 +223,30 @@ class _Statements:
         # PostgreSQL: the last delivery's record and the job's end in one statement.
         self.record_and_finish = self.finish.add_cte(self.record.cte("recorded"))
         cs, ts, o = tb.cases.c, tb.tasks.c, tb.outbox.c
-        # A later event of the case that calls the task off (p_closers): the task is made already
-        # cancelled. Its job may run after that event's own, whose close then found nothing.
+        # The first later event of the case that settles the task (p_settlers: a journey called
+        # off, a case closed, or the work done, p_done): the task is made already settled, as that
+        # event left it. Its job may run after that event's own, whose close found nothing.
         later = tb.outbox.alias("later")
         this = select(o.id).where(o.event_id == bindparam("p_event_id")).scalar_subquery()
-        called_off = exists().where(
-            later.c.case_id == cs.id,
-            later.c.id > this,
-            later.c.event_type.in_(bindparam("p_closers", expanding=True)),
+        first_settler = (
+            select(later.c.event_type)
+            .where(
+                later.c.case_id == cs.id,
+                later.c.id > this,
+                later.c.event_type.in_(bindparam("p_settlers", expanding=True)),
+            )
+            .order_by(later.c.id)
+            .limit(1)
+            .scalar_subquery()
         )
         now = bindparam("p_now", type_=ts.created_at.type)
-        status = {
-            False: literal("open", ts.status.type),
-            True: case(
-                (called_off, literal("cancelled", ts.status.type)), else_=literal("open", ts.status.type)
-            ),
-        }
-        closed_at = {False: null(), True: case((called_off, now), else_=null())}
+        settled_status = case(
+            (first_settler.in_(bindparam("p_done", expanding=True)), literal("done", ts.status.type)),
+            (first_settler.is_not(None), literal("cancelled", ts.status.type)),
+            else_=literal("open", ts.status.type),
+        )
+        status = {False: literal("open", ts.status.type), True: settled_status}
+        closed_at = {False: null(), True: case((first_settler.is_not(None), now), else_=null())}
         self.task = {
             (side, checked): insert_(tb.tasks).from_select(
                 [
@@ -363,8 +370,10 @@ class SqlJobStore:
 
     def close_tasks(self, job: Job, effect: Effect, now: datetime) -> int:
         """The side office's open tasks of the kind, made by the case's events before this one (a
-        task a later event made, a new booking's, stays open however late this job runs), are
-        cancelled with the job's done, in one transaction; running it again cancels nothing more."""
+        task a later event made, a new booking's or the next visit's, stays open however late
+        this job runs), are settled with the job's done, in one transaction: cancelled by a
+        CLOSE_TASKS effect, done by a COMPLETE_TASKS one (the event is the work they asked for).
+        Running it again settles nothing more."""
         t, cs, o = tb.tasks.c, tb.cases.c, tb.outbox.c
         office = cs.destination_office if effect.side == DESTINATION else cs.origin_office
         this = select(o.id).where(o.event_id == job.event_id).scalar_subquery()
@@ -378,7 +387,7 @@ class SqlJobStore:
                 t.office == select(office).where(cs.id == job.case_id).scalar_subquery(),
                 t.source_event_id.in_(earlier),
             )
-            .values(status="cancelled", completed_at=now)
+            .values(status=SETTLING[effect.kind], completed_at=now)
         )
         with writing(self._db) as conn:
             closed = conn.execute(cancel, execution_options={"preserve_rowcount": True}).rowcount
@@ -396,10 +405,11 @@ class SqlJobStore:
             due = (occurred.astimezone(UTC) + timedelta(days=effect.due_in_days)).date()
         params = _params(job, now, task_id=str(uuid.uuid4()), kind=effect.subject, due_on=due)
         side = DESTINATION if effect.side == DESTINATION else "origin"
-        closers = CALLED_OFF_BY.get((effect.subject, effect.side), ())
-        key = (side, bool(closers))
-        if closers:
-            params["p_closers"] = list(closers)
+        settlers = SETTLED_BY.get((effect.subject, effect.side), {})
+        key = (side, bool(settlers))
+        if settlers:
+            params["p_settlers"] = [name for names in settlers.values() for name in names]
+            params["p_done"] = list(settlers.get("done", ()))
         finish = {**params, "p_status": "done", "p_error": None}
         if self._db.dialect.name == "postgresql":
             with self._statements() as conn:

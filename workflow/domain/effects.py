@@ -6,14 +6,16 @@ from dataclasses import dataclass
 
 from workflow.domain.lifecycle import DESTINATION, ORIGIN
 
-NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK, DELIVER_HANDOVER, DELIVER_ACK, CLOSE_TASKS = (
+NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK, DELIVER_HANDOVER, DELIVER_ACK, CLOSE_TASKS, COMPLETE_TASKS = (
     "notify_family",
     "notify_office",
     "create_task",
     "deliver_handover",
     "deliver_ack",  # the destination's decision, back to an origin office in another deployment
-    "close_tasks",  # the side office's open tasks of a kind, made by the case's earlier events
+    "close_tasks",  # the side office's open tasks of a kind, made by earlier events: cancelled
+    "complete_tasks",  # the same, done: the event is the work they asked for (a visit recorded)
 )
+SETTLING = {CLOSE_TASKS: "cancelled", COMPLETE_TASKS: "done"}  # the status each leaves the tasks in
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,10 @@ def task(kind: str, side: str, due_in_days: int | None = None) -> Effect:
 
 def close(kind: str, side: str) -> Effect:
     return Effect(CLOSE_TASKS, kind, side)
+
+
+def fulfil(kind: str, side: str) -> Effect:
+    return Effect(COMPLETE_TASKS, kind, side)
 
 
 # The journey is off (a cancelled booking, a no-show, a withdrawal): its preparations are too.
@@ -80,7 +86,12 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
     "BookingCancelled": (office("booking_cancelled", DESTINATION), *_JOURNEY_OFF),
     "NoShowRecorded": (office("no_show", ORIGIN), office("reception_off", DESTINATION), *_JOURNEY_OFF),
     "DepartureConfirmed": (office("departure_confirmed", DESTINATION),),
-    "ArrivalConfirmed": (family("arrival_welcome"), office("arrival_confirmed", ORIGIN)),
+    "TravelDocumentsObtained": (fulfil("request_travel_documents", ORIGIN),),
+    "ArrivalConfirmed": (
+        family("arrival_welcome"),
+        office("arrival_confirmed", ORIGIN),
+        fulfil("airport_reception", DESTINATION),
+    ),
     # The destination hears of a withdrawal only of a case shared with it (a booking it prepared
     # a reception for): the workers drop a destination notice of a case it never saw.
     "CaseWithdrawn": (
@@ -104,12 +115,16 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
         office("returnee_contact_overdue", ORIGIN),
     ),
     "PlanDraftingEscalated": (office("plan_drafting_overdue", DESTINATION),),
-    "PlanSubmitted": (office("plan_submitted", ORIGIN),),
+    "PlanSubmitted": (office("plan_submitted", ORIGIN), fulfil("reintegration_counselling", DESTINATION)),
     "PlanApproved": (family("plan_approved"), office("plan_approved", DESTINATION)),
     "PlanReturned": (office("plan_returned", DESTINATION),),
     "GrantDisbursed": (family("grant_disbursed"),),
     "DisbursementCompleted": (task("monitoring_visit", DESTINATION, 90),),
-    "MonitoringVisitRecorded": (task("monitoring_visit", DESTINATION, 90),),
+    # The visit done is the one the last visit (or the last tranche) asked for; the next is due.
+    "MonitoringVisitRecorded": (
+        fulfil("monitoring_visit", DESTINATION),
+        task("monitoring_visit", DESTINATION, 90),
+    ),
     "MonitoringVisitEscalated": (
         family("monitoring_visit_due"),
         office("monitoring_visit_overdue", DESTINATION),
@@ -122,13 +137,14 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
 # Events whose decision goes to the origin's deployment (DELIVER_ACK), which fires the same event
 # on its copy of the case: with two deployments each such event happens in both.
 MIRRORED = frozenset(name for name, effects in EFFECTS.items() if any(e.kind == DELIVER_ACK for e in effects))
-# Events whose only effects are tasks (monitoring visits): fired after the handover by the
+# Events that open tasks and do nothing else (monitoring visits): fired after the handover by the
 # destination's staff, in the deployment that serves the destination office, so their tasks are
-# made where they are fired without asking where the office is served (tests/unit/test_effects_table.py).
+# made where they are fired without asking where the office is served (tests/unit/test_effect_runner.py).
 TASKS_ONLY = frozenset(
     name
     for name, effects in EFFECTS.items()
-    if effects and all(e.kind in (CREATE_TASK, CLOSE_TASKS) for e in effects)
+    if any(e.kind == CREATE_TASK for e in effects)
+    and all(e.kind in (CREATE_TASK, *SETTLING) for e in effects)
 )
 
 
@@ -146,15 +162,18 @@ TASK_KINDS = tuple(
 )
 
 
-# The events that call off a side's tasks of a kind (a journey called off): a task an earlier
-# event asked for is not made once one of these came after it, however late its job runs.
-def _called_off_by() -> dict[tuple[str, str], tuple[str, ...]]:
-    found: dict[tuple[str, str], tuple[str, ...]] = {}
+# The events that settle a side's tasks of a kind, by the status they leave them in (cancelled: a
+# journey called off, a case closed; done: the work done): a task an earlier event asks for is
+# made already settled once one of these came after it, however late its job runs.
+def _settled_by() -> dict[tuple[str, str], dict[str, tuple[str, ...]]]:
+    found: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
     for name, effects in EFFECTS.items():
         for effect in effects:
-            if effect.kind == CLOSE_TASKS:
-                found[effect.subject, effect.side] = (*found.get((effect.subject, effect.side), ()), name)
+            if effect.kind in SETTLING:
+                by_status = found.setdefault((effect.subject, effect.side), {})
+                status = SETTLING[effect.kind]
+                by_status[status] = (*by_status.get(status, ()), name)
     return found
 
 
-CALLED_OFF_BY = _called_off_by()
+SETTLED_BY = _settled_by()

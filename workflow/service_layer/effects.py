@@ -19,6 +19,7 @@ import structlog
 
 from workflow.domain.effects import (
     CLOSE_TASKS,
+    COMPLETE_TASKS,
     CREATE_TASK,
     DELIVER_ACK,
     DELIVER_HANDOVER,
@@ -144,8 +145,9 @@ class JobStore(Protocol):
         ...
 
     def close_tasks(self, job: Job, effect: Effect, now: datetime) -> int:
-        """Cancels the open tasks of the effect's kind and side that the case's events before
-        this one made, and marks the job done, in one transaction; how many it cancelled."""
+        """Settles the open tasks of the effect's kind and side that the case's events before
+        this one made (cancelled, or done for COMPLETE_TASKS), and marks the job done, in one
+        transaction; how many it settled."""
         ...
 
     def delivered(self, job: Job) -> frozenset[str]:
@@ -263,9 +265,11 @@ class EffectRunner:
             pass
         elif effect.kind == CREATE_TASK:
             store.create_task_once(job, effect, self._clock.now())
-        elif effect.kind == CLOSE_TASKS:
-            closed = store.close_tasks(job, effect, self._clock.now())
-            log.info("tasks.closed", case_id=job.case_id, kind=effect.subject, closed=closed)
+        elif effect.kind in (CLOSE_TASKS, COMPLETE_TASKS):
+            settled = store.close_tasks(job, effect, self._clock.now())
+            log.info(
+                "tasks.settled", case_id=job.case_id, kind=effect.subject, effect=effect.kind, count=settled
+            )
         else:
             last = self._send(store, job, effect, facts)
             store.finish(job, "done", None, self._clock.now(), delivered=last)
@@ -275,11 +279,15 @@ class EffectRunner:
 
     def _skipped(self, store: JobStore, job: Job, effect: Effect, read: dict[str, Facts]) -> bool:
         """Done without doing it: another deployment carries this effect out (Facts.elsewhere).
-        The tasks of an event without a notice (TASKS_ONLY) are not checked: their events are
+        Settling tasks is never left elsewhere (where none were made it finds nothing), and the
+        tasks of an event that only opens tasks (TASKS_ONLY) are not checked: their events are
         fired in the deployment serving the task's office, and a check would cost each job a
         read of its own (the notices of any other event read the same facts)."""
-        tasks = effect.kind in (CREATE_TASK, CLOSE_TASKS)
-        if self._facts is None or (tasks and job.event_type in TASKS_ONLY):
+        if (
+            self._facts is None
+            or effect.kind in (CLOSE_TASKS, COMPLETE_TASKS)
+            or (effect.kind == CREATE_TASK and job.event_type in TASKS_ONLY)
+        ):
             return False
         if not read:
             read.update(self._facts.facts(job))
@@ -406,7 +414,7 @@ class EffectRunner:
 
 
 RUNNABLE_KINDS = frozenset(
-    {CREATE_TASK, CLOSE_TASKS, NOTIFY_FAMILY, NOTIFY_OFFICE, DELIVER_HANDOVER, DELIVER_ACK}
+    {CREATE_TASK, CLOSE_TASKS, COMPLETE_TASKS, NOTIFY_FAMILY, NOTIFY_OFFICE, DELIVER_HANDOVER, DELIVER_ACK}
 )
 
 

@@ -54,8 +54,10 @@ def _known(given: list[str] | None, known: tuple[str, ...], what: str) -> tuple[
         "pre-arrival notice, airport reception, reintegration counselling, monitoring visits), in the "
         "cases the office sees: soonest due first, undated last, then id. Pages are keyset pages: pass "
         "`next_cursor` back as `cursor` with the same filters until it is null. Items carry no personal "
-        "data. A task is `open`, `done` (by the staff member in `completed_by`) or `cancelled` (its "
-        "journey was called off)."
+        "data. A task is `open`, `done` (by the staff member in `completed_by`, or by the event that "
+        "did its work: documents recorded, arrival confirmed, plan submitted, the next monitoring visit "
+        "recorded; then `completed_by` is null) or `cancelled` (its journey was called off, or the case "
+        "ended)."
     ),
     responses=responses("unauthenticated", "invalid_payload", "rate_limited"),
 )
