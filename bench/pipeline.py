@@ -22,9 +22,9 @@ aiosmtpd sink in this process (AVRR_SMTP_HOST/PORT) and an SMS file sink (AVRR_S
     the family's e-mail and SMS), record_no_show (4 jobs: the offices' e-mails, the journey's tasks
     closed) and rebook_travel (4 jobs: family e-mail and SMS, the destination office's e-mail, two
     tasks) on cases walked to travel_booked beforehand; ``--workload tasks`` fires
-    record_monitoring_visit on cases walked to monitoring (2 jobs: the visit asked for before marked
-    done, the next one's task made; database rows only, nothing sent). One message per event carries its
-    jobs, which run in turn. Latency is ``jobs.finished_at - outbox.occurred_at``
+    record_monitoring_visit on cases walked to monitoring (1 job: the next visit's task made, the
+    one the last visit asked for marked done in the same statement; nothing sent). One message per
+    event carries its jobs, which run in turn. Latency is ``jobs.finished_at - outbox.occurred_at``
     for every job of every fired event; ``occurred_at`` is the fire's clock reading taken before the
     transition's writes, so it comes a few ms before the commit (the "fire" column shows how many).
 
@@ -111,9 +111,9 @@ WORKLOADS = {
     "mixed": ("register", "travel", "travel"),  # register, no-show, rebook: 9 jobs per 3 events
     "register": ("register",),  # 1 job (e-mail + SMS) per event
     "travel": ("travel",),  # no-show and rebook alternately: 8 jobs per 2 events
-    # record_monitoring_visit on cases in monitoring: 2 jobs per event (the last visit's task done,
-    # the next one's made), database rows and nothing sent; the issue's own measure (the effect is
-    # the handler's database row).
+    # record_monitoring_visit on cases in monitoring: 1 job per event (the next visit's task made,
+    # the last one's marked done in the same statement), nothing sent; the issue's own measure (the
+    # effect is the handler's database row).
     "tasks": ("visit",),
 }
 

@@ -559,3 +559,33 @@ def test_tasks_are_done_by_the_events_that_do_their_work_and_a_visit_asks_for_th
     assert sorted(due for _, _, due in visits)[1] - sorted(due for _, _, due in visits)[0] == timedelta(
         days=30
     )
+
+
+def test_a_visits_task_run_late_is_made_done_and_does_not_replace_the_next_one(
+    app: App, clock: FixedClock, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    """Two visits recorded; the second's job runs first (its task is the open one, and the
+    tranche's task it replaces is done). The first's job runs late: its task is made done (a
+    later visit settled it) and it leaves the second's open."""
+    port, _ = inbox
+    set_offices(app)
+    case_id = advance_to(app, "monitoring")
+    run = runner(app, port, sink)
+    for job in jobs_of(app, case_id):
+        if job.effect.startswith("create_task:monitoring_visit"):
+            assert run.run(job) == "done"  # the last tranche's: the first visit asked for
+    visit = {"visited_on": "2026-12-28", "kind": "home_visit", "plan_on_track": True}
+    first = app.transitions.fire(case_id, "record_monitoring_visit", KBP_CASEWORKER, visit).event_ids[0]
+    second = app.transitions.fire(case_id, "record_monitoring_visit", KBP_CASEWORKER, visit).event_ids[0]
+    by_event = {j.event_id: j for j in jobs_of(app, case_id) if j.effect.startswith("create_task")}
+    assert run.run(by_event[second]) == "done"
+    assert run.run(by_event[first]) == "done"
+    t = tb.tasks.c
+    with app.db.connect() as conn:
+        rows = dict(
+            conn.execute(
+                select(t.source_event_id, t.status).where(t.case_id == case_id, t.kind == "monitoring_visit")
+            ).all()
+        )
+    assert rows.pop(second) == "open" and rows.pop(first) == "done"
+    assert list(rows.values()) == ["done"]  # the tranche's

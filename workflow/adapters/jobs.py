@@ -42,6 +42,7 @@ from workflow.service_layer.effects import Job
 
 log = structlog.get_logger(__name__)
 j = tb.jobs.c
+OPEN_TASK = tb.OPEN_TASK  # a literal: the partial index of open tasks
 
 
 FINISHED = ("done", "dead")
@@ -278,17 +279,44 @@ class _Statements:
         # PostgreSQL: the task and the job's done in one statement (one round trip, atomic).
         # No row back when neither write happened: the case is not there, or another delivery
         # of the job made the task first (it waits for that one to commit, then skips).
-        self.task_and_finish = {
-            key: self.finish.where(
-                exists(
-                    insert_task.on_conflict_do_nothing(index_elements=[ts.source_event_id, ts.kind])
-                    .returning(ts.id)
-                    .cte(f"task_{key[0]}")
-                    .select()
-                )
-            ).returning(j.attempts)
-            for key, insert_task in self.task.items()
-        }
+        self.task_and_finish: dict[tuple[str, bool, bool], Any] = {}
+        for (side, checked), insert_task in self.task.items():
+            made = (
+                insert_task.on_conflict_do_nothing(index_elements=[ts.source_event_id, ts.kind])
+                .returning(ts.id, ts.status)
+                .cte(f"task_{side}")
+            )
+            done = self.finish.where(exists(made.select())).returning(j.attempts)
+            self.task_and_finish[side, checked, False] = done
+            # A task that replaces the earlier open ones of its kind (Effect.replaces) marks them
+            # done in the same statement, when it is itself open (no later event settled it, so
+            # every other open one is older).
+            replaced = self._replace_prior(exists(select(made.c.id).where(made.c.status == OPEN_TASK)))
+            self.task_and_finish[side, checked, True] = done.add_cte(replaced.cte(f"replaced_{side}"))
+        # SQLite: the same, a statement of its own after the insert, in its transaction.
+        mine = tb.tasks.alias("mine")
+        self.replace_prior = self._replace_prior(
+            exists().where(
+                mine.c.source_event_id == bindparam("p_event_id"),
+                mine.c.kind == bindparam("p_kind"),
+                mine.c.status == OPEN_TASK,
+            )
+        )
+
+    @staticmethod
+    def _replace_prior(newest: ColumnElement[bool]) -> Any:
+        ts = tb.tasks.c
+        return (
+            update(tb.tasks)
+            .where(
+                ts.case_id == bindparam("p_case_id"),
+                ts.kind == bindparam("p_kind"),
+                ts.status == OPEN_TASK,
+                ts.source_event_id != bindparam("p_event_id"),
+                newest,
+            )
+            .values(status="done", completed_at=bindparam("p_now", type_=ts.completed_at.type))
+        )
 
 
 _STATEMENTS = {"postgresql": _Statements(pg_insert), "sqlite": _Statements(sqlite_insert)}
@@ -383,7 +411,7 @@ class SqlJobStore:
             .where(
                 t.case_id == job.case_id,
                 t.kind == effect.subject,
-                t.status == "open",
+                t.status == OPEN_TASK,  # a literal: the partial index of open tasks
                 t.office == select(office).where(cs.id == job.case_id).scalar_subquery(),
                 t.source_event_id.in_(earlier),
             )
@@ -413,7 +441,7 @@ class SqlJobStore:
         finish = {**params, "p_status": "done", "p_error": None}
         if self._db.dialect.name == "postgresql":
             with self._statements() as conn:
-                done = conn.execute(self._sql.task_and_finish[key], finish).first()
+                done = conn.execute(self._sql.task_and_finish[(*key, effect.replaces)], finish).first()
                 if done is None and conn.scalar(self._sql.status, params) != "done":
                     raise LookupError(f"case {job.case_id} not found for task {effect.subject}")
             return
@@ -423,6 +451,8 @@ class SqlJobStore:
             )
             if inserted.rowcount != 1:
                 raise LookupError(f"case {job.case_id} not found for task {effect.subject}")
+            if effect.replaces:
+                conn.execute(self._sql.replace_prior, params)
             conn.execute(self._sql.finish, finish)
 
     def _occurred_at(self, event_id: str) -> datetime | None:

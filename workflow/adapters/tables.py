@@ -325,6 +325,14 @@ tasks = Table(
     Column("completed_by", String(120)),  # the actor who completed it; null when cancelled
     UniqueConstraint("source_event_id", "kind"),
     Index(None, "office", "status", "due_on"),
+    # A case's open tasks of a kind, which a new one replaces or an event settles (migration 0013).
+    Index(
+        "ix_tasks_case_kind_open",
+        "case_id",
+        "kind",
+        postgresql_where=text("status = 'open'"),
+        sqlite_where=text("status = 'open'"),
+    ),
 )
 
 # Literals, not bound parameters, where a query must use a partial index on status: a prepared
@@ -332,6 +340,7 @@ tasks = Table(
 # prove the index's predicate (status = 'pending') only from a constant, and otherwise scans.
 PENDING: ColumnClause[str] = literal_column("'pending'")
 RUNNING: ColumnClause[str] = literal_column("'running'")
+OPEN_TASK: ColumnClause[str] = literal_column("'open'")
 
 timers = Table(
     "timers",

@@ -24,6 +24,10 @@ class Effect:
     subject: str  # the template or task kind
     side: str = ORIGIN  # the office that receives it (staff notices and tasks)
     due_in_days: int | None = None
+    # A task that replaces the open ones of its kind the case's earlier events made: they are done
+    # (the next monitoring visit asked for once the last one was recorded). In the same statement
+    # as the new task: no job of its own.
+    replaces: bool = False
 
     @property
     def name(self) -> str:
@@ -39,8 +43,8 @@ def office(template: str, side: str) -> Effect:
     return Effect(NOTIFY_OFFICE, template, side)
 
 
-def task(kind: str, side: str, due_in_days: int | None = None) -> Effect:
-    return Effect(CREATE_TASK, kind, side, due_in_days)
+def task(kind: str, side: str, due_in_days: int | None = None, replaces: bool = False) -> Effect:
+    return Effect(CREATE_TASK, kind, side, due_in_days, replaces)
 
 
 def close(kind: str, side: str) -> Effect:
@@ -121,10 +125,7 @@ EFFECTS: dict[str, tuple[Effect, ...]] = {
     "GrantDisbursed": (family("grant_disbursed"),),
     "DisbursementCompleted": (task("monitoring_visit", DESTINATION, 90),),
     # The visit done is the one the last visit (or the last tranche) asked for; the next is due.
-    "MonitoringVisitRecorded": (
-        fulfil("monitoring_visit", DESTINATION),
-        task("monitoring_visit", DESTINATION, 90),
-    ),
+    "MonitoringVisitRecorded": (task("monitoring_visit", DESTINATION, 90, replaces=True),),
     "MonitoringVisitEscalated": (
         family("monitoring_visit_due"),
         office("monitoring_visit_overdue", DESTINATION),
@@ -163,15 +164,16 @@ TASK_KINDS = tuple(
 
 
 # The events that settle a side's tasks of a kind, by the status they leave them in (cancelled: a
-# journey called off, a case closed; done: the work done): a task an earlier event asks for is
-# made already settled once one of these came after it, however late its job runs.
+# journey called off, a case closed; done: the work done, or a task that replaces them): a task
+# an earlier event asks for is made already settled once one of these came after it, however
+# late its job runs.
 def _settled_by() -> dict[tuple[str, str], dict[str, tuple[str, ...]]]:
     found: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
     for name, effects in EFFECTS.items():
         for effect in effects:
-            if effect.kind in SETTLING:
+            status = "done" if effect.kind == CREATE_TASK and effect.replaces else SETTLING.get(effect.kind)
+            if status is not None:
                 by_status = found.setdefault((effect.subject, effect.side), {})
-                status = SETTLING[effect.kind]
                 by_status[status] = (*by_status.get(status, ()), name)
     return found
 
