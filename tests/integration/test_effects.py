@@ -23,7 +23,15 @@ from workflow.adapters.jobs import SqlDeadLetters, SqlJobStore
 from workflow.adapters.notices import SqlFacts
 from workflow.adapters.templates import default_templates
 from workflow.bootstrap import App
-from workflow.demo import HOUSEHOLD, KBP_CASEWORKER, TLL_APPROVER, TLL_CASEWORKER, TLL_TRAVEL
+from workflow.demo import (
+    HOUSEHOLD,
+    KBP_APPROVER,
+    KBP_CASEWORKER,
+    STEPS,
+    TLL_APPROVER,
+    TLL_CASEWORKER,
+    TLL_TRAVEL,
+)
 from workflow.domain.effects import CLOSE_TASKS, COMPLETE_TASKS, CREATE_TASK, NOTIFY_FAMILY, NOTIFY_OFFICE
 from workflow.service_layer.effects import EffectRunner, Event, Job, runnable_effects
 from workflow.service_layer.notifications import (
@@ -103,9 +111,11 @@ def test_the_seed_story_notifies_family_and_offices_once_in_their_languages(
 ) -> None:
     port, box = inbox
     set_offices(app)
-    case_id = advance_to(app, "closed")
-    jobs = jobs_of(app, case_id)
     run = runner(app, port, sink)
+    # The workers' part after each move, as it happens (a package whose job ran only after the
+    # case closed would go nowhere).
+    case_id = advance_to(app, "closed", after_each=lambda case: [run.run(job) for job in jobs_of(app, case)])
+    jobs = jobs_of(app, case_id)
 
     assert {run.run(job) for job in jobs} == {"done"}
     family_notices = [j for j in jobs if j.effect.startswith(NOTIFY_FAMILY)]
@@ -589,3 +599,78 @@ def test_a_visits_task_run_late_is_made_done_and_does_not_replace_the_next_one(
         )
     assert rows.pop(second) == "open" and rows.pop(first) == "done"
     assert list(rows.values()) == ["done"]  # the tranche's
+
+
+def _task_jobs(app: App, case_id: str, event_id: str) -> list[Job]:
+    kinds = (CREATE_TASK, CLOSE_TASKS, COMPLETE_TASKS)
+    return [j for j in jobs_of(app, case_id) if j.event_id == event_id and j.effect.split(":")[0] in kinds]
+
+
+def test_settling_jobs_run_out_of_order_leave_each_task_as_the_commit_order_does(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    """A visit recorded, then the case closed; the close's jobs run first. The tranche's visit
+    task was done by the visit (not cancelled by the close, which came after), and the visit's
+    own task, made late, is cancelled by the close."""
+    port, _ = inbox
+    set_offices(app)
+    run = runner(app, port, sink)
+    case_id = advance_to(app, "monitoring")
+    for job in jobs_of(app, case_id):
+        if job.effect.startswith("create_task:monitoring_visit"):
+            assert run.run(job) == "done"
+    visit = {"visited_on": "2026-12-28", "kind": "home_visit", "plan_on_track": True}
+    visited = app.transitions.fire(case_id, "record_monitoring_visit", KBP_CASEWORKER, visit).event_ids[0]
+    closing = {"outcome": "reintegrated", "reason": "business running"}
+    closed = app.transitions.fire(case_id, "close", KBP_APPROVER, closing).event_ids[0]
+    for job in _task_jobs(app, case_id, closed) + _task_jobs(app, case_id, visited):
+        assert run.run(job) == "done", job
+    t = tb.tasks.c
+    with app.db.connect() as conn:
+        rows = dict(
+            conn.execute(
+                select(t.source_event_id, t.status).where(t.case_id == case_id, t.kind == "monitoring_visit")
+            ).all()
+        )
+    assert rows.pop(visited) == "cancelled"
+    assert list(rows.values()) == ["done"]  # the tranche's: the visit did it
+
+
+def test_an_arrival_does_the_reception_of_the_office_it_was_prepared_by_after_a_redirect(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    """Kyiv prepared the reception; the case was redirected to Riga before the arrival's jobs ran:
+    Kyiv's task is done all the same, not left open where Kyiv no longer sees it."""
+    port, _ = inbox
+    set_offices(app)
+    run = runner(app, port, sink)
+    case_id = advance_to(app, "departed")
+    for job in jobs_of(app, case_id):
+        if job.effect.startswith("create_task"):
+            assert run.run(job) == "done"
+    arrival = next(step.payload for step in STEPS if step.trigger == "confirm_arrival")
+    arrived = app.transitions.fire(case_id, "confirm_arrival", KBP_CASEWORKER, arrival).event_ids[0]
+    redirect = {"destination_office": "riga", "reason": "the family settles in Latvia"}
+    app.transitions.fire(case_id, "redirect_handover", TLL_CASEWORKER, redirect)
+    for job in _task_jobs(app, case_id, arrived):
+        assert run.run(job) == "done"
+    t = tb.tasks.c
+    with app.db.connect() as conn:
+        reception = conn.execute(
+            select(t.office, t.status).where(t.case_id == case_id, t.kind == "airport_reception")
+        ).all()
+    assert [tuple(r) for r in reception] == [("kyiv", "done")]
+
+
+def test_a_handover_package_run_after_the_case_was_closed_unhanded_goes_nowhere(
+    app: App, inbox: tuple[int, Inbox], sink: Path
+) -> None:
+    """Closed as not handed over before the package's job ran (a retry, a replayed dead letter):
+    the destination is not handed a case that ended."""
+    port, mail = inbox
+    set_offices(app)
+    case_id = advance_to(app, "handover_pending")
+    app.transitions.fire(case_id, "close_without_handover", TLL_APPROVER, {"reason": "the family moved on"})
+    (package,) = [j for j in jobs_of(app, case_id) if j.event_type == "HandoverSent"]
+    assert runner(app, port, sink).run(package) == "done"
+    assert mail.received() == []

@@ -117,7 +117,7 @@ class FactSource:
     def handover_package(self, job: Job) -> dict[str, Any]:
         return {"case_id": job.case_id}
 
-    def redirected_since(self, job: Job) -> bool:
+    def superseded_since(self, job: Job) -> bool:
         return self.redirected
 
 

@@ -288,35 +288,50 @@ class _Statements:
             )
             done = self.finish.where(exists(made.select())).returning(j.attempts)
             self.task_and_finish[side, checked, False] = done
-            # A task that replaces the earlier open ones of its kind (Effect.replaces) marks them
-            # done in the same statement, when it is itself open (no later event settled it, so
-            # every other open one is older).
-            replaced = self._replace_prior(exists(select(made.c.id).where(made.c.status == OPEN_TASK)))
+            # A task that replaces the open ones of its kind (Effect.replaces) marks those this
+            # event settles done, in the same statement (only on a first delivery: a repeat makes
+            # no task, and the job is done already).
+            replaced = self._replace_prior().where(exists(made.select()))
             self.task_and_finish[side, checked, True] = done.add_cte(replaced.cte(f"replaced_{side}"))
         # SQLite: the same, a statement of its own after the insert, in its transaction.
-        mine = tb.tasks.alias("mine")
-        self.replace_prior = self._replace_prior(
-            exists().where(
-                mine.c.source_event_id == bindparam("p_event_id"),
-                mine.c.kind == bindparam("p_kind"),
-                mine.c.status == OPEN_TASK,
-            )
-        )
+        self.replace_prior = self._replace_prior()
 
     @staticmethod
-    def _replace_prior(newest: ColumnElement[bool]) -> Any:
+    def _replace_prior() -> Any:
         ts = tb.tasks.c
         return (
             update(tb.tasks)
-            .where(
-                ts.case_id == bindparam("p_case_id"),
-                ts.kind == bindparam("p_kind"),
-                ts.status == OPEN_TASK,
-                ts.source_event_id != bindparam("p_event_id"),
-                newest,
-            )
+            .where(*settleable())
             .values(status="done", completed_at=bindparam("p_now", type_=ts.completed_at.type))
         )
+
+
+def settleable() -> tuple[ColumnElement[bool], ...]:
+    """The case's open tasks of the kind (p_case_id, p_kind) that this event (p_event_id)
+    settles: made by an earlier event, and with no settling event of theirs (p_settlers) between
+    that one and this, whose own job settles them. Jobs of one case run in any order (retries,
+    messages side by side): the outcome is the one their commit order gives."""
+    ts, o = tb.tasks.c, tb.outbox.c
+    source, between = tb.outbox.alias("source"), tb.outbox.alias("between")
+    this = select(o.id).where(o.event_id == bindparam("p_event_id")).scalar_subquery()
+    made = (
+        select(source.c.id)
+        .where(source.c.event_id == ts.source_event_id)
+        .correlate(tb.tasks)
+        .scalar_subquery()
+    )
+    return (
+        ts.case_id == bindparam("p_case_id"),
+        ts.kind == bindparam("p_kind"),
+        ts.status == OPEN_TASK,  # a literal: the partial index of open tasks
+        made < this,
+        ~exists().where(
+            between.c.case_id == bindparam("p_case_id"),
+            between.c.id > made,
+            between.c.id < this,
+            between.c.event_type.in_(bindparam("p_settlers", expanding=True)),
+        ),
+    )
 
 
 _STATEMENTS = {"postgresql": _Statements(pg_insert), "sqlite": _Statements(sqlite_insert)}
@@ -397,28 +412,22 @@ class SqlJobStore:
         raise RuntimeError(f"job {job.event_id}/{job.effect} keeps changing under start()")
 
     def close_tasks(self, job: Job, effect: Effect, now: datetime) -> int:
-        """The side office's open tasks of the kind, made by the case's events before this one (a
-        task a later event made, a new booking's or the next visit's, stays open however late
-        this job runs), are settled with the job's done, in one transaction: cancelled by a
-        CLOSE_TASKS effect, done by a COMPLETE_TASKS one (the event is the work they asked for).
-        Running it again settles nothing more."""
-        t, cs, o = tb.tasks.c, tb.cases.c, tb.outbox.c
-        office = cs.destination_office if effect.side == DESTINATION else cs.origin_office
-        this = select(o.id).where(o.event_id == job.event_id).scalar_subquery()
-        earlier = select(o.event_id).where(o.case_id == job.case_id, o.id < this)
-        cancel = (
-            update(tb.tasks)
-            .where(
-                t.case_id == job.case_id,
-                t.kind == effect.subject,
-                t.status == OPEN_TASK,  # a literal: the partial index of open tasks
-                t.office == select(office).where(cs.id == job.case_id).scalar_subquery(),
-                t.source_event_id.in_(earlier),
-            )
-            .values(status=SETTLING[effect.kind], completed_at=now)
-        )
+        """The case's open tasks of the kind that this event settles (``settleable``: made by
+        earlier events, none settled by an event in between; a task a later event made, a new
+        booking's or the next visit's, stays open however late this job runs), whichever office
+        holds them (one the case was redirected from too), are settled with the job's done, in
+        one transaction: cancelled by a CLOSE_TASKS effect, done by a COMPLETE_TASKS one (the
+        event is the work they asked for). Running it again settles nothing more."""
+        settle = update(tb.tasks).where(*settleable()).values(status=SETTLING[effect.kind], completed_at=now)
+        settlers = SETTLED_BY.get((effect.subject, effect.side), {})
+        params = {
+            "p_case_id": job.case_id,
+            "p_kind": effect.subject,
+            "p_event_id": job.event_id,
+            "p_settlers": [name for names in settlers.values() for name in names],
+        }
         with writing(self._db) as conn:
-            closed = conn.execute(cancel, execution_options={"preserve_rowcount": True}).rowcount
+            closed = conn.execute(settle, params, execution_options={"preserve_rowcount": True}).rowcount
             conn.execute(self._sql.finish, {**_params(job, now), "p_status": "done", "p_error": None})
         return int(closed)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, Select, bindparam, case, exists, func, select
+from sqlalchemy import Engine, Select, bindparam, case, exists, func, or_, select
 
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import autocommit
@@ -19,7 +19,12 @@ from workflow.service_layer.notifications import EMAIL, FALLBACK_LANGUAGE, LANGU
 # Staff read notices in their country's language where the templates have it.
 OFFICE_LANGUAGE = {"EE": "et", "UA": "uk"}
 HANDOVER_PACKAGE = PACKAGE
-REDIRECTED = "HandoverRedirected"  # a later event naming another destination office
+# A handover package goes nowhere once a later event named another destination office, or the
+# case ended without a handover (a package replayed from the dead letters must not open a copy of
+# a case closed as not handed over, or lapsed).
+REDIRECTED = "HandoverRedirected"
+NOT_HANDED_OVER = "not_handed_over"
+LAPSED = "lapsed"
 
 c, m, t = tb.cases.c, tb.household_members.c, tb.timers.c
 _CASE = select(
@@ -196,16 +201,14 @@ class SqlFacts:
             ],
         }
 
-    def redirected_since(self, job: Job) -> bool:
+    def superseded_since(self, job: Job) -> bool:
         later, this = tb.outbox.alias("later"), tb.outbox.c
         event_id = select(this.id).where(this.event_id == job.event_id).scalar_subquery()
-        query = select(
-            exists().where(
-                later.c.case_id == job.case_id,
-                later.c.id > event_id,
-                later.c.event_type == REDIRECTED,
-            )
+        redirected = exists().where(
+            later.c.case_id == job.case_id, later.c.id > event_id, later.c.event_type == REDIRECTED
         )
+        ended = exists().where(c.id == job.case_id, or_(c.outcome == NOT_HANDED_OVER, c.state == LAPSED))
+        query = select(or_(redirected, ended))
         with self._db.connect() as conn:
             return bool(conn.scalar(query))
 

@@ -187,8 +187,9 @@ class FactSource(Protocol):
         """The destination's acceptance or refusal, for the origin office's deployment."""
         ...
 
-    def redirected_since(self, job: Job) -> bool:
-        """A later event of the case named another destination office (redirect_handover)."""
+    def superseded_since(self, job: Job) -> bool:
+        """A later event of the case named another destination office (redirect_handover) or
+        ended the case: a handover package of this event goes nowhere."""
         ...
 
 
@@ -328,9 +329,9 @@ class EffectRunner:
         elif effect.kind == DELIVER_ACK:
             return self._deliver_decision(store, job, facts.office_webhook)
         elif effect.kind == DELIVER_HANDOVER:
-            if self._facts.redirected_since(job):
-                # A retry or replay of a package the case no longer goes with: the office now
-                # named for it reads the case as it is now (the facts), not the one this was for.
+            if self._facts.superseded_since(job):
+                # A retry or replay of a package the case no longer goes with (redirected, or ended):
+                # the office now named reads the case as it is now, not the one this was for.
                 log.warning("handover.superseded", case_id=job.case_id, event_id=job.event_id)
                 return None
             if facts.office_webhook:
