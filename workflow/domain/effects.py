@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from workflow.domain.lifecycle import DESTINATION, ORIGIN
+from workflow.domain.tasks import CANCELLED, DONE
 
 NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK, DELIVER_HANDOVER, DELIVER_ACK, CLOSE_TASKS, COMPLETE_TASKS = (
     "notify_family",
@@ -15,7 +16,7 @@ NOTIFY_FAMILY, NOTIFY_OFFICE, CREATE_TASK, DELIVER_HANDOVER, DELIVER_ACK, CLOSE_
     "close_tasks",  # the side office's open tasks of a kind, made by earlier events: cancelled
     "complete_tasks",  # the same, done: the event is the work they asked for (a visit recorded)
 )
-SETTLING = {CLOSE_TASKS: "cancelled", COMPLETE_TASKS: "done"}  # the status each leaves the tasks in
+SETTLING = {CLOSE_TASKS: CANCELLED, COMPLETE_TASKS: DONE}  # the status each leaves the tasks in
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +172,7 @@ def _settled_by() -> dict[tuple[str, str], dict[str, tuple[str, ...]]]:
     found: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
     for name, effects in EFFECTS.items():
         for effect in effects:
-            status = "done" if effect.kind == CREATE_TASK and effect.replaces else SETTLING.get(effect.kind)
+            status = DONE if effect.kind == CREATE_TASK and effect.replaces else SETTLING.get(effect.kind)
             if status is not None:
                 by_status = found.setdefault((effect.subject, effect.side), {})
                 by_status[status] = (*by_status.get(status, ()), name)
