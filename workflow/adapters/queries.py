@@ -146,14 +146,24 @@ def shared(actor: Actor, office: str) -> ColumnElement[bool]:
     )
 
 
-def encode_cursor(updated_at: datetime, case_id: str) -> str:
-    raw = json.dumps([updated_at.astimezone(UTC).isoformat(), case_id], separators=(",", ":"))
+def pack_cursor(values: list[str]) -> str:
+    """A keyset position as the API gives it out: base64url of a JSON list, unpadded."""
+    raw = json.dumps(values, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def unpack_cursor(cursor: str) -> Any:
+    """``pack_cursor`` undone; raises ValueError (or TypeError, binascii.Error) on anything else."""
+    return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+
+
+def encode_cursor(updated_at: datetime, case_id: str) -> str:
+    return pack_cursor([updated_at.astimezone(UTC).isoformat(), case_id])
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
-        stamp, case_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        stamp, case_id = unpack_cursor(cursor)
         at = datetime.fromisoformat(stamp)
         if at.tzinfo is None or not isinstance(case_id, str) or not plausible_id(case_id):
             raise ValueError(cursor)

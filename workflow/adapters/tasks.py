@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
-import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Date, Engine, and_, func, literal, select, true, tuple_, update
+from sqlalchemy import ColumnElement, Date, Engine, and_, false, func, literal, select, true, tuple_, update
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
-from workflow.adapters.queries import plausible_id, visible_to
+from workflow.adapters.queries import pack_cursor, plausible_id, unpack_cursor, visible_to
 from workflow.domain.actors import Actor, Role
 from workflow.domain.errors import InvalidPayload
 from workflow.domain.tasks import DONE, OPEN, Task
@@ -55,18 +53,17 @@ def _office_of(actor: Actor) -> ColumnElement[bool]:
     """An office's staff see its tasks, in the cases the office sees; an office-less system
     actor sees all."""
     if actor.office is None:
-        return true() if Role.SYSTEM in actor.roles else t.id.is_(None)
+        return true() if Role.SYSTEM in actor.roles else false()
     return and_(t.office == actor.office, visible_to(actor))
 
 
 def encode_cursor(due: date, task_id: str) -> str:
-    raw = json.dumps([due.isoformat(), task_id], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return pack_cursor([due.isoformat(), task_id])
 
 
 def decode_cursor(cursor: str) -> tuple[date, str]:
     try:
-        due, task_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        due, task_id = unpack_cursor(cursor)
         if not isinstance(due, str) or not isinstance(task_id, str) or not plausible_id(task_id):
             raise ValueError(cursor)
         return date.fromisoformat(due), task_id
