@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from workflow.adapters import tables as tb
+from workflow.adapters.batch import Batch
 from workflow.domain import changes as ch
 from workflow.domain.errors import BudgetExceeded
 
@@ -48,8 +49,8 @@ _CANCEL_TIMERS = (
 )
 
 
-def _members_added(conn: Connection, case_id: str, change: ch.MembersAdded) -> None:
-    conn.execute(
+def _members_added(conn: Batch, case_id: str, change: ch.MembersAdded) -> None:
+    conn.defer(
         _INSERT_MEMBERS,
         [
             {
@@ -67,16 +68,16 @@ def _members_added(conn: Connection, case_id: str, change: ch.MembersAdded) -> N
     )
 
 
-def _household_replaced(conn: Connection, case_id: str, change: ch.HouseholdReplaced) -> None:
-    conn.execute(delete(tb.household_members).where(tb.household_members.c.case_id == case_id))
+def _household_replaced(conn: Batch, case_id: str, change: ch.HouseholdReplaced) -> None:
+    conn.connection().execute(delete(tb.household_members).where(tb.household_members.c.case_id == case_id))
     _members_added(conn, case_id, ch.MembersAdded(change.members))
 
 
-def _plan_drafted(conn: Connection, case_id: str, change: ch.PlanDrafted) -> None:
-    conn.execute(_DROP_LINES, {"_case": case_id})
-    conn.execute(_DROP_PLAN, {"_case": case_id})
+def _plan_drafted(conn: Batch, case_id: str, change: ch.PlanDrafted) -> None:
+    conn.connection().execute(_DROP_LINES, {"_case": case_id})
+    conn.connection().execute(_DROP_PLAN, {"_case": case_id})
     plan = change.plan
-    conn.execute(
+    conn.connection().execute(
         _INSERT_PLAN,
         {
             "id": plan.id,
@@ -86,7 +87,7 @@ def _plan_drafted(conn: Connection, case_id: str, change: ch.PlanDrafted) -> Non
             "drafted_at": plan.drafted_at,
         },
     )
-    conn.execute(
+    conn.connection().execute(
         _INSERT_LINES,
         [
             {
@@ -106,16 +107,16 @@ def _plan_drafted(conn: Connection, case_id: str, change: ch.PlanDrafted) -> Non
     )
 
 
-def _plan_approved(conn: Connection, case_id: str, change: ch.PlanApproved) -> None:
-    conn.execute(
+def _plan_approved(conn: Batch, case_id: str, change: ch.PlanApproved) -> None:
+    conn.connection().execute(
         _APPROVE_PLAN,
         {"_plan": change.plan_id, "approved_by": change.approved_by, "approved_at": change.approved_at},
     )
 
 
-def _disbursement_requested(conn: Connection, case_id: str, change: ch.DisbursementRequested) -> None:
+def _disbursement_requested(conn: Batch, case_id: str, change: ch.DisbursementRequested) -> None:
     d = change.disbursement
-    conn.execute(
+    conn.defer(
         _INSERT_DISBURSEMENT,
         {
             "id": d.id,
@@ -133,9 +134,11 @@ def _disbursement_requested(conn: Connection, case_id: str, change: ch.Disbursem
     )
 
 
-def _disbursed(conn: Connection, case_id: str, change: ch.Disbursed) -> None:
+def _disbursed(conn: Batch, case_id: str, change: ch.Disbursed) -> None:
     try:
-        conn.execute(_SPEND, {"_line": change.budget_line_id, "_amount": change.amount.to_minor()})
+        conn.connection().execute(
+            _SPEND, {"_line": change.budget_line_id, "_amount": change.amount.to_minor()}
+        )
     except IntegrityError as exc:
         if "within_allocation" in str(exc.orig):
             raise BudgetExceeded("the disbursement would overspend the member's budget line") from None
@@ -143,11 +146,11 @@ def _disbursed(conn: Connection, case_id: str, change: ch.Disbursed) -> None:
     _set_status(conn, change.disbursement_id, "requested", "approved", change.approved_by, change.approved_at)
 
 
-def _disbursement_rejected(conn: Connection, case_id: str, change: ch.DisbursementRejected) -> None:
+def _disbursement_rejected(conn: Batch, case_id: str, change: ch.DisbursementRejected) -> None:
     _set_status(conn, change.disbursement_id, "requested", "rejected", change.rejected_by, change.rejected_at)
 
 
-def _receipt_recorded(conn: Connection, case_id: str, change: ch.ReceiptRecorded) -> None:
+def _receipt_recorded(conn: Batch, case_id: str, change: ch.ReceiptRecorded) -> None:
     _set_status(
         conn,
         change.disbursement_id,
@@ -168,19 +171,19 @@ _STAMPS = {
 
 
 def _set_status(
-    conn: Connection, disbursement_id: str, old: str, new: str, actor_id: str, at: datetime, **values: Any
+    conn: Batch, disbursement_id: str, old: str, new: str, actor_id: str, at: datetime, **values: Any
 ) -> None:
     by, when = _STAMPS[new]
     params = {"_id": disbursement_id, "_old": old, "status": new, by: actor_id, when: at, **values}
-    done = conn.execute(_SET_DISBURSEMENT, params)
+    done = conn.connection().execute(_SET_DISBURSEMENT, params)
     # The case's version check already serialises fires; a miss here is a bug, not a race.
     if done.rowcount != 1:
         raise RuntimeError(f"disbursement {disbursement_id} was not {old}")
 
 
-def _contribution(conn: Connection, case_id: str, change: ch.ContributionRecorded) -> None:
+def _contribution(conn: Batch, case_id: str, change: ch.ContributionRecorded) -> None:
     c = change.contribution
-    conn.execute(
+    conn.defer(
         _INSERT_CONTRIBUTION,
         {
             "id": c.id,
@@ -194,9 +197,9 @@ def _contribution(conn: Connection, case_id: str, change: ch.ContributionRecorde
     )
 
 
-def _visit(conn: Connection, case_id: str, change: ch.VisitRecorded) -> None:
+def _visit(conn: Batch, case_id: str, change: ch.VisitRecorded) -> None:
     v = change.visit
-    conn.execute(
+    conn.defer(
         _INSERT_VISIT,
         {
             "id": v.id,
@@ -210,9 +213,9 @@ def _visit(conn: Connection, case_id: str, change: ch.VisitRecorded) -> None:
     )
 
 
-def _timer_started(conn: Connection, case_id: str, change: ch.TimerStarted) -> None:
+def _timer_started(conn: Batch, case_id: str, change: ch.TimerStarted) -> None:
     t = change.timer
-    conn.execute(
+    conn.defer(
         _INSERT_TIMER,
         {
             "id": t.id,
@@ -227,8 +230,8 @@ def _timer_started(conn: Connection, case_id: str, change: ch.TimerStarted) -> N
     )
 
 
-def _timers_cancelled(conn: Connection, case_id: str, change: ch.TimersCancelled) -> None:
-    conn.execute(_CANCEL_TIMERS, {"_case": case_id, "_state": change.state})
+def _timers_cancelled(conn: Batch, case_id: str, change: ch.TimersCancelled) -> None:
+    conn.defer(_CANCEL_TIMERS, {"_case": case_id, "_state": change.state})
 
 
 WRITERS: dict[type, Any] = {

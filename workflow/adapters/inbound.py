@@ -6,6 +6,7 @@ from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from workflow.adapters import tables as tb
+from workflow.adapters.batch import Batch
 from workflow.service_layer.ports import DuplicateIdempotencyKey, InboundDelivery
 
 d, o = tb.inbound_deliveries.c, tb.offices.c
@@ -13,11 +14,11 @@ _SELECT = select(d.idempotency_key, d.kind, d.case_id, d.from_office, d.body_dig
 
 
 class SqlInboundStore:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection | Batch) -> None:
+        self._conn = conn if isinstance(conn, Batch) else Batch(conn)
 
     def get(self, key: str) -> InboundDelivery | None:
-        row = self._conn.execute(_SELECT.where(d.idempotency_key == key)).first()
+        row = self._conn.connection().execute(_SELECT.where(d.idempotency_key == key)).first()
         return InboundDelivery(*row) if row else None
 
     def add(self, delivery: InboundDelivery) -> None:
@@ -30,12 +31,12 @@ class SqlInboundStore:
             "received_at": delivery.received_at,
         }
         try:
-            self._conn.execute(insert(tb.inbound_deliveries), values)
+            self._conn.connection().execute(insert(tb.inbound_deliveries), values)
         except IntegrityError as exc:
             if "inbound_deliveries" not in str(exc.orig):  # PostgreSQL and SQLite both name it
                 raise
             raise DuplicateIdempotencyKey(delivery.key) from None
 
     def served_here(self, office: str) -> bool | None:
-        row = self._conn.execute(select(o.webhook_url).where(o.code == office)).first()
+        row = self._conn.connection().execute(select(o.webhook_url).where(o.code == office)).first()
         return None if row is None else not row.webhook_url

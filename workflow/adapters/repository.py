@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, bindparam, exists, insert, select, update
 
 from workflow.adapters import tables as tb
+from workflow.adapters.batch import Batch
 from workflow.adapters.change_writers import WRITERS
 from workflow.adapters.queries import plausible_id
 from workflow.domain.case import Case
@@ -60,15 +61,23 @@ _SELECT_DISBURSEMENTS = (
 
 
 class SqlCaseRepository:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection | Batch) -> None:
+        # A unit of work's Batch: the UPDATE and the changes' writes go with the fire's others.
+        self._conn = conn if isinstance(conn, Batch) else Batch(conn)
+        # The columns of each case as get() read them: update() writes only what changed (the
+        # version check stands for the rest: no one else writes a case's row).
+        self._read: dict[str, dict[str, Any]] = {}
 
     def get(self, case_id: str, lock: bool = False) -> Case | None:
         if not plausible_id(case_id):  # cannot exist; PostgreSQL would refuse the comparison
             return None
         query = _SELECT_CASE_LOCKED if lock else _SELECT_CASE
-        row = self._conn.execute(query, {"_id": case_id}).mappings().first()
-        return _to_case(row) if row else None
+        row = self._conn.connection().execute(query, {"_id": case_id}).mappings().first()
+        if row is None:
+            return None
+        case = _to_case(row)
+        self._read[case.id] = _columns(case)
+        return case
 
     def load_parts(self, case: Case, parts: Iterable[str]) -> None:
         if "members" in parts:
@@ -78,7 +87,7 @@ class SqlCaseRepository:
 
     def members(self, case_id: str) -> list[HouseholdMember]:
         m = tb.household_members.c
-        rows = self._conn.execute(
+        rows = self._conn.connection().execute(
             select(m.id, m.full_name, m.date_of_birth, m.relationship, m.phone, m.email)
             .where(m.case_id == case_id)
             .order_by(m.position)
@@ -86,25 +95,40 @@ class SqlCaseRepository:
         return [HouseholdMember(*row) for row in rows]
 
     def office_exists(self, code: str) -> bool:
-        return bool(self._conn.scalar(select(exists().where(tb.offices.c.code == code))))
+        return bool(self._conn.connection().scalar(select(exists().where(tb.offices.c.code == code))))
 
     def add(self, case: Case, now: datetime) -> None:
-        values = _row(case, now)
+        values = _columns(case) | {"updated_at": now, "state_entered_at": case.state_entered_at or now}
         values.update(
             id=case.id,
             lifecycle_version=case.lifecycle_version,
             origin_office=case.origin_office,
             created_at=now,
         )
-        self._conn.execute(insert(tb.cases), values)
+        self._conn.connection().execute(insert(tb.cases), values)
         self._persist(case)
 
     def update(self, case: Case, now: datetime) -> None:
         expected = case.version - 1
-        params = _row(case, now) | {"_id": case.id, "_expected": expected}
-        if self._conn.execute(_UPDATE_CASE, params).rowcount != 1:
-            actual = self._conn.scalar(select(tb.cases.c.version).where(tb.cases.c.id == case.id))
+        columns = _columns(case)
+        if (read := self._read.get(case.id)) is not None:  # what changed: fewer parameters to send
+            columns = {name: value for name, value in columns.items() if read.get(name, _UNREAD) != value}
+        params = columns | {
+            "version": case.version,
+            "updated_at": now,
+            "state_entered_at": case.state_entered_at or now,
+            "_id": case.id,
+            "_expected": expected,
+        }
+
+        def moved_on() -> None:
+            actual = self._conn.connection().scalar(
+                select(tb.cases.c.version).where(tb.cases.c.id == case.id)
+            )
             raise VersionConflict(case.id, expected, actual)
+
+        # Sent with the fire's other writes (Batch): a conflict is raised then, before the commit.
+        self._conn.defer(_UPDATE_CASE, params, on_none=moved_on)
         self._persist(case)
 
     def _persist(self, case: Case) -> None:
@@ -113,14 +137,23 @@ class SqlCaseRepository:
         case.changes.clear()
 
     def _plan(self, case_id: str) -> Plan | None:
-        row = self._conn.execute(select(tb.plans).where(tb.plans.c.case_id == case_id)).mappings().first()
+        row = (
+            self._conn.connection()
+            .execute(select(tb.plans).where(tb.plans.c.case_id == case_id))
+            .mappings()
+            .first()
+        )
         if row is None:
             return None
-        lines = self._conn.execute(
-            select(tb.budget_lines)
-            .where(tb.budget_lines.c.plan_id == row["id"])
-            .order_by(tb.budget_lines.c.position)
-        ).mappings()
+        lines = (
+            self._conn.connection()
+            .execute(
+                select(tb.budget_lines)
+                .where(tb.budget_lines.c.plan_id == row["id"])
+                .order_by(tb.budget_lines.c.position)
+            )
+            .mappings()
+        )
         return Plan(
             row["id"],
             row["currency"],
@@ -143,7 +176,7 @@ class SqlCaseRepository:
         )
 
     def _disbursements(self, case_id: str) -> list[Disbursement]:
-        rows = self._conn.execute(_SELECT_DISBURSEMENTS, {"_case": case_id}).mappings()
+        rows = self._conn.connection().execute(_SELECT_DISBURSEMENTS, {"_case": case_id}).mappings()
         return [
             Disbursement(
                 r["id"],
@@ -168,11 +201,14 @@ class SqlCaseRepository:
         ]
 
 
-def _row(case: Case, now: datetime) -> dict[str, Any]:
+_UNREAD = object()
+
+
+def _columns(case: Case) -> dict[str, Any]:
+    """The columns of ``cases`` a transition may change, from the aggregate."""
     values = {name: getattr(case, name) for name in _PLAIN}
     e = case.eligibility
     values.update({name: getattr(e, name) if e else None for name in _ELIGIBILITY})
-    values.update(updated_at=now, state_entered_at=case.state_entered_at or now)
     return values
 
 

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from workflow.adapters import tables as tb
+from workflow.adapters.batch import Batch
 from workflow.domain.events import Event
 from workflow.service_layer.ports import DuplicateIdempotencyKey, HistoryEntry, StoredResponse
 
@@ -22,31 +23,33 @@ _INSERT_KEY = insert(tb.idempotency_keys)
 class SqlHistoryLog:
     """Only ever INSERTs; on PostgreSQL a trigger refuses UPDATE and DELETE as well."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection | Batch) -> None:
+        self._conn = conn if isinstance(conn, Batch) else Batch(conn)
 
     def append(self, entry: HistoryEntry) -> None:
         # Shallow: dataclasses.asdict deep-copies the payload, which costs more than the INSERT.
-        self._conn.execute(_INSERT_HISTORY, {name: getattr(entry, name) for name in _HISTORY_FIELDS})
+        self._conn.defer(_INSERT_HISTORY, {name: getattr(entry, name) for name in _HISTORY_FIELDS})
 
     def for_case(self, case_id: str) -> Sequence[HistoryEntry]:
         h = tb.case_history.c
-        rows = self._conn.execute(
-            select(*(h[name] for name in HistoryEntry.__dataclass_fields__))
-            .where(h.case_id == case_id)
-            .order_by(h.version)
-        ).mappings()
+        rows = (
+            self._conn.connection()
+            .execute(
+                select(*(h[name] for name in HistoryEntry.__dataclass_fields__))
+                .where(h.case_id == case_id)
+                .order_by(h.version)
+            )
+            .mappings()
+        )
         return [HistoryEntry(**row) for row in rows]
 
 
 class SqlOutbox:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection | Batch) -> None:
+        self._conn = conn if isinstance(conn, Batch) else Batch(conn)
 
     def add(self, events: Sequence[Event]) -> None:
-        if not events:
-            return
-        self._conn.execute(
+        self._conn.defer(
             _INSERT_OUTBOX,
             [
                 {
@@ -63,12 +66,12 @@ class SqlOutbox:
 
 
 class SqlIdempotencyStore:
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection | Batch) -> None:
+        self._conn = conn if isinstance(conn, Batch) else Batch(conn)
 
     def get(self, key: str) -> StoredResponse | None:
         k = tb.idempotency_keys.c
-        row = self._conn.execute(select(k.request_hash, k.response).where(k.key == key)).first()
+        row = self._conn.connection().execute(select(k.request_hash, k.response).where(k.key == key)).first()
         return StoredResponse(row.request_hash, row.response) if row else None
 
     def add(
@@ -81,7 +84,7 @@ class SqlIdempotencyStore:
         now: datetime,
     ) -> None:
         try:
-            self._conn.execute(
+            self._conn.connection().execute(
                 _INSERT_KEY,
                 {
                     "key": key,

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, or_, select, update
 
 from workflow.adapters import tables as tb
+from workflow.adapters.batch import Batch
 from workflow.adapters.db import writing
 from workflow.service_layer.timers import DueTimer
 
@@ -77,11 +78,11 @@ class SqlTimerClaims:
     leaves nothing to fire; on PostgreSQL the UPDATE waits for that move's transaction, so the
     two cannot both win."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, conn: Connection | Batch) -> None:
+        self._conn = conn if isinstance(conn, Batch) else Batch(conn)
 
     def take(self, timer_id: str, case_id: str, now: datetime) -> bool:
-        taken = self._conn.execute(
+        taken = self._conn.connection().execute(
             update(tb.timers)
             .where(_t.id == timer_id, _t.case_id == case_id, _t.status == _PENDING)
             .values(status="fired", fired_at=now)

@@ -7,6 +7,7 @@ from typing import Self
 
 from sqlalchemy import Connection, Engine, Transaction
 
+from workflow.adapters.batch import Batch
 from workflow.adapters.db import WRITE_OPTION
 from workflow.adapters.inbound import SqlInboundStore
 from workflow.adapters.repository import SqlCaseRepository
@@ -33,17 +34,20 @@ class SqlUnitOfWork:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._conn: Connection | None = None
+        self._batch: Batch | None = None
         self._tx: Transaction | None = None
 
     def __enter__(self) -> Self:
         self._conn = self._engine.connect().execution_options(**{WRITE_OPTION: True})
         self._tx = self._conn.begin()
-        self.cases = SqlCaseRepository(self._conn)
-        self.history = SqlHistoryLog(self._conn)
-        self.outbox = SqlOutbox(self._conn)
-        self.idempotency = SqlIdempotencyStore(self._conn)
-        self.inbound = SqlInboundStore(self._conn)
-        self.timers = SqlTimerClaims(self._conn)
+        # Every store on one Batch: the writes nobody reads go to the database together.
+        self._batch = batch = Batch(self._conn)
+        self.cases = SqlCaseRepository(batch)
+        self.history = SqlHistoryLog(batch)
+        self.outbox = SqlOutbox(batch)
+        self.idempotency = SqlIdempotencyStore(batch)
+        self.inbound = SqlInboundStore(batch)
+        self.timers = SqlTimerClaims(batch)
         return self
 
     def __exit__(
@@ -56,9 +60,12 @@ class SqlUnitOfWork:
             if self._conn is not None:
                 self._conn.close()
             self._conn = self._tx = None
+            self._batch = None
 
     def commit(self) -> None:
         assert self._tx is not None
+        assert self._batch is not None
+        self._batch.flush()
         self._tx.commit()
 
     def rollback(self) -> None:

@@ -1,0 +1,191 @@
+"""The unit of work's connection: writes whose outcome nobody reads are held back and sent to
+PostgreSQL together, as one statement of data-modifying CTEs, when anything else is sent (a
+read, a write whose outcome is read, the commit).
+
+A transition's writes (its case's UPDATE, the changes it records, its history line, its outbox
+row) cost PostgreSQL and the client a statement each, round trip and all: most of a fire
+(bench/pipeline.py). Held back and sent as one, they are one round trip. The order of their
+effects is unchanged for what the batch accepts: every part of one statement sees the same
+snapshot, so a write that could see (or touch the same row as) an earlier write of the batch
+sends the batch first (``Batch._sees_held``). Errors (a constraint, a version conflict) surface when the
+batch is sent, inside the same transaction, before its commit. SQLite runs each write at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Delete,
+    Executable,
+    Insert,
+    Update,
+    bindparam,
+    func,
+    literal,
+    select,
+    union_all,
+)
+from sqlalchemy.sql.visitors import ExternallyTraversible, iterate, replacement_traverse
+
+Params = Mapping[str, Any]
+Write = Insert | Update | Delete
+_SHAPES_KEPT = 512  # combined statements built (one per shape of batch: per kind of transition)
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    statement: Write
+    rows: tuple[Params, ...]
+    # Called when the write changed no row (a guarded UPDATE that found its row moved on).
+    on_none: Callable[[], None] | None
+
+
+class Batch:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._combine = conn.dialect.name == "postgresql"
+        self._held: list[_Held] = []
+
+    def connection(self) -> Connection:
+        """The connection, for a statement whose outcome is read: the held writes go first."""
+        self.flush()
+        return self._conn
+
+    def defer(
+        self,
+        statement: Write,
+        params: Params | Sequence[Params],
+        on_none: Callable[[], None] | None = None,
+    ) -> None:
+        """``statement`` with ``params`` (one row's, or several rows' for an INSERT), sent with
+        the batch; ``on_none`` is called if it changed no row (it raises, say)."""
+        rows = (params,) if isinstance(params, Mapping) else tuple(params)
+        if not rows:
+            return
+        if not self._combine:
+            self._run(_Held(statement, rows, on_none))
+            return
+        if self._sees_held(statement):
+            self.flush()
+        self._held.append(_Held(statement, rows, on_none))
+
+    def flush(self) -> None:
+        held, self._held = self._held, []
+        if len(held) == 1:
+            self._run(held[0])
+        elif held:
+            shape = _shape(held)
+            params = {
+                name: row[key]
+                for write, names in zip(held, shape.names, strict=True)
+                for row, row_names in zip(write.rows, names, strict=True)
+                for key, name in zip(write.rows[0], row_names, strict=True)
+            }
+            counts = self._conn.execute(shape.statement, params).one()
+            for index, count in zip(shape.checked, counts if shape.checked else (), strict=True):
+                if count == 0 and (on_none := held[index].on_none) is not None:
+                    on_none()
+
+    def _run(self, write: _Held) -> None:
+        rows = write.rows[0] if len(write.rows) == 1 else list(write.rows)
+        result = self._conn.execute(write.statement, rows)
+        if write.on_none is not None and result.rowcount == 0:
+            write.on_none()
+
+    def _sees_held(self, statement: Write) -> bool:
+        """Whether ``statement`` run after the held writes could see what they wrote (or touch
+        the rows they touch): an UPDATE or DELETE of a table the batch writes, an INSERT into a
+        table the batch DELETEs from (a key deleted and inserted again). An INSERT after an
+        UPDATE of its table is safe: the UPDATE would not have seen the row either."""
+        table = statement.table
+        kinds = {type(h.statement) for h in self._held if h.statement.table is table}
+        return bool(kinds) and (not isinstance(statement, Insert) or Delete in kinds)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    statement: Executable
+    checked: tuple[int, ...]  # the writes whose count of changed rows the statement returns
+    # By write, by row: the names in the statement of the row's parameters (in its keys' order).
+    names: tuple[tuple[tuple[str, ...], ...], ...]
+
+
+_SHAPES: dict[tuple[Any, ...], _Shape] = {}
+
+
+def _shape(held: Sequence[_Held]) -> _Shape:
+    """One statement for the batch (built once per shape of batch: the same statements with
+    the same parameters): each write a CTE, the statement itself the count of rows each write
+    that checks its outcome changed."""
+    # The statements themselves (compared by identity), not their id(): a statement built per
+    # call and collected could leave its id to another.
+    key = tuple((h.statement, tuple(h.rows[0]), len(h.rows), h.on_none is not None) for h in held)
+    shape = _SHAPES.get(key)
+    if shape is None:
+        ctes: list[Any] = []
+        names: list[tuple[tuple[str, ...], ...]] = []
+        guards: list[Any] = []  # the guarded writes so far: those after them wait on their rows
+        for index, write in enumerate(held):
+            cte, write_names = _prefixed(write, index, guards)
+            ctes.append(cte)
+            names.append(write_names)
+            if write.on_none is not None:
+                guards.append(cte)
+        checked = tuple(i for i, h in enumerate(held) if h.on_none is not None)
+        counts = [select(func.count()).select_from(ctes[i]).scalar_subquery() for i in checked]
+        statement = (select(*counts) if counts else select(literal(1))).add_cte(*ctes)
+        shape = _Shape(statement, checked, tuple(names))
+        if len(_SHAPES) >= _SHAPES_KEPT:
+            _SHAPES.clear()
+        _SHAPES[key] = shape
+    return shape
+
+
+def _prefixed(write: _Held, index: int, guards: Sequence[Any]) -> tuple[Any, tuple[tuple[str, ...], ...]]:
+    """The write as the batch's CTE number ``index``: its parameters named w<index>_..., the
+    values of each row bound by name (the table's column types convert them, as they would).
+    After a guarded write (``guards``), it writes only if that one changed a row, as it would
+    not have run one by one (the guard's on_none raises): a fire's history line would
+    otherwise collide with the one of the fire that moved the case on."""
+    statement, table = write.statement, write.statement.table
+    # The statement's own parameters that the rows give (its WHERE's); a literal's anonymous
+    # parameter carries its value and keeps it.
+    bound = {b.key for b in iterate(statement) if isinstance(b, BindParameter)} & set(write.rows[0])
+
+    def rename(element: Any, **_: Any) -> Any:
+        if isinstance(element, BindParameter) and element.key in bound:
+            return bindparam(f"w{index}_{element.key}", type_=element.type, expanding=element.expanding)
+        return None
+
+    renamed: Any = replacement_traverse(cast(ExternallyTraversible, statement), {}, rename)
+    columns = [key for key in write.rows[0] if key not in bound]
+    went = [select(literal(1)).select_from(guard).exists() for guard in guards]
+    if isinstance(statement, Insert):
+        values = [
+            {key: bindparam(f"w{index}r{r}_{key}", type_=table.c[key].type) for key in columns}
+            for r in range(len(write.rows))
+        ]
+        if went:
+            rows = [select(*row.values()).where(*went) for row in values]
+            renamed = renamed.from_select(columns, rows[0] if len(rows) == 1 else union_all(*rows))
+        else:
+            renamed = renamed.values(values if len(values) > 1 else values[0])
+    else:
+        if columns:
+            renamed = renamed.values(
+                {key: bindparam(f"w{index}r0_{key}", type_=table.c[key].type) for key in columns}
+            )
+        if went:
+            renamed = renamed.where(*went)
+    if write.on_none is not None:
+        renamed = renamed.returning(literal(1))
+    names = tuple(
+        tuple(f"w{index}_{key}" if key in bound else f"w{index}r{r}_{key}" for key in write.rows[0])
+        for r in range(len(write.rows))
+    )
+    return renamed.cte(f"w{index}"), names
