@@ -178,7 +178,7 @@ outbox = Table(
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("event_id", Id, nullable=False, unique=True),
-    Column("case_id", Id, nullable=False, index=True),
+    Column("case_id", Id, nullable=False),
     Column("case_version", Integer, nullable=False),
     Column("event_type", String(64), nullable=False),
     Column("payload", Json, nullable=False),
@@ -188,6 +188,9 @@ outbox = Table(
     # Every job of the event finished (or filed in the dead letters): the relay's search for
     # lost messages looks at it no more.
     Column("settled_at", Stamp),
+    # A case's events in their order: a task's job asks which came between two of them
+    # (workflow/adapters/jobs.py, settleable and first_settler); every look-up by case.
+    Index("ix_outbox_case_events", "case_id", "id"),
     # The relay's query: unsent rows in commit order.
     Index(
         "ix_outbox_unsent",
