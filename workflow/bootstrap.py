@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from workflow.adapters.channels.smtp import SmtpChannel
 from workflow.adapters.channels.webhook import WebhookChannel
 from workflow.adapters.clock import SystemClock
 from workflow.adapters.db import make_engine
-from workflow.adapters.jobs import SqlJobStore
+from workflow.adapters.jobs import KeptConnection, SqlJobStore
 from workflow.adapters.notices import SqlFacts
 from workflow.adapters.tasks import SqlTasks
 from workflow.adapters.templates import default_templates
@@ -94,9 +95,10 @@ def channels_from(settings: Settings) -> dict[str, Channel]:
 
 
 def effect_runner(db: Engine, max_attempts: int, settings: Settings | None = None) -> EffectRunner:
+    """One per process (a worker's): its job stores share one kept database connection."""
     settings = settings or get_settings()
     return EffectRunner(
-        lambda: SqlJobStore(db, hold_connection=True),
+        partial(SqlJobStore, db, kept=KeptConnection(db)),
         SystemClock(),
         max_attempts,
         facts=SqlFacts(db, programme_from(settings).returnee_contact_period),

@@ -20,7 +20,9 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    String,
     and_,
+    any_,
     bindparam,
     case,
     exists,
@@ -30,13 +32,14 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
-from workflow.domain.effects import SETTLED_BY, SETTLING, Effect
+from workflow.domain.effects import COMPLETE_TASKS, SETTLED_BY, SETTLING, Effect
 from workflow.domain.lifecycle import DESTINATION
 from workflow.service_layer.effects import Job
 
@@ -177,7 +180,7 @@ class _Statements:
     """A job's statements, built once per dialect with bound parameters: per job, SQLAlchemy
     only looks the compiled form up (no statement to build, no cache key to compute)."""
 
-    def __init__(self, insert_: Callable[..., Any]) -> None:
+    def __init__(self, insert_: Callable[..., Any], postgres: bool) -> None:
         key = and_(j.event_id == bindparam("p_event_id"), j.effect == bindparam("p_effect"))
         now = bindparam("p_now", type_=j.started_at.type)
         upsert = insert_(tb.jobs).values(
@@ -223,6 +226,13 @@ class _Statements:
         )
         # PostgreSQL: the last delivery's record and the job's end in one statement.
         self.record_and_finish = self.finish.add_cte(self.record.cte("recorded"))
+        # A settling job's UPDATE (close_tasks), by effect kind; a replacing task's too.
+        self.settle = {
+            kind: update(tb.tasks)
+            .where(*settleable(postgres))
+            .values(status=status, completed_at=bindparam("p_now", type_=tb.tasks.c.completed_at.type))
+            for kind, status in SETTLING.items()
+        }
         cs, ts, o = tb.cases.c, tb.tasks.c, tb.outbox.c
         # The first later event of the case that settles the task (p_settlers: a journey called
         # off, a case closed, or the work done, p_done): the task is made already settled, as that
@@ -234,7 +244,7 @@ class _Statements:
             .where(
                 later.c.case_id == cs.id,
                 later.c.id > this,
-                later.c.event_type.in_(bindparam("p_settlers", expanding=True)),
+                _one_of(later.c.event_type, "p_settlers", postgres),
             )
             .order_by(later.c.id)
             .limit(1)
@@ -242,7 +252,7 @@ class _Statements:
         )
         now = bindparam("p_now", type_=ts.created_at.type)
         settled_status = case(
-            (first_settler.in_(bindparam("p_done", expanding=True)), literal("done", ts.status.type)),
+            (_one_of(first_settler, "p_done", postgres), literal("done", ts.status.type)),
             (first_settler.is_not(None), literal("cancelled", ts.status.type)),
             else_=literal("open", ts.status.type),
         )
@@ -291,22 +301,21 @@ class _Statements:
             # A task that replaces the open ones of its kind (Effect.replaces) marks those this
             # event settles done, in the same statement (only on a first delivery: a repeat makes
             # no task, and the job is done already).
-            replaced = self._replace_prior().where(exists(made.select()))
+            replaced = self.settle[COMPLETE_TASKS].where(exists(made.select()))
             self.task_and_finish[side, checked, True] = done.add_cte(replaced.cte(f"replaced_{side}"))
         # SQLite: the same, a statement of its own after the insert, in its transaction.
-        self.replace_prior = self._replace_prior()
-
-    @staticmethod
-    def _replace_prior() -> Any:
-        ts = tb.tasks.c
-        return (
-            update(tb.tasks)
-            .where(*settleable())
-            .values(status="done", completed_at=bindparam("p_now", type_=ts.completed_at.type))
-        )
+        self.replace_prior = self.settle[COMPLETE_TASKS]
 
 
-def settleable() -> tuple[ColumnElement[bool], ...]:
+def _one_of(column: ColumnElement[str], name: str, postgres: bool) -> ColumnElement[bool]:
+    """``column`` is one of the list bound as ``name``: on PostgreSQL one array parameter (an
+    IN list's parameters are rendered anew on every execution, a tenth of a job's CPU)."""
+    if postgres:
+        return column == any_(bindparam(name, type_=ARRAY(String)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+def settleable(postgres: bool) -> tuple[ColumnElement[bool], ...]:
     """The case's open tasks of the kind (p_case_id, p_kind) that this event (p_event_id)
     settles: made by an earlier event, and with no settling event of theirs (p_settlers) between
     that one and this, whose own job settles them. Jobs of one case run in any order (retries,
@@ -329,12 +338,12 @@ def settleable() -> tuple[ColumnElement[bool], ...]:
             between.c.case_id == bindparam("p_case_id"),
             between.c.id > made,
             between.c.id < this,
-            between.c.event_type.in_(bindparam("p_settlers", expanding=True)),
+            _one_of(between.c.event_type, "p_settlers", postgres),
         ),
     )
 
 
-_STATEMENTS = {"postgresql": _Statements(pg_insert), "sqlite": _Statements(sqlite_insert)}
+_STATEMENTS = {"postgresql": _Statements(pg_insert, True), "sqlite": _Statements(sqlite_insert, False)}
 
 
 def _params(job: Job, now: datetime, **more: Any) -> dict[str, Any]:
@@ -348,6 +357,29 @@ def _params(job: Job, now: datetime, **more: Any) -> dict[str, Any]:
     }
 
 
+class KeptConnection:
+    """An autocommit connection on PostgreSQL, taken from the pool when first needed and kept
+    for run after run by whoever made it (one worker process's EffectRunner: not for threads
+    to share): a checkout per run, its switch to autocommit and back, and the check-in cost a
+    worker about a seventh of a job's CPU (bench/pipeline.py). Dropped after an error, so the
+    next statement has a fresh connection (a server restart costs the statement it failed)."""
+
+    def __init__(self, db: Engine) -> None:
+        self._db = db
+        self._conn: Connection | None = None
+
+    def get(self) -> Connection:
+        if self._conn is None:
+            self._conn = self._db.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return self._conn
+
+    def drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with suppress(Exception):
+                conn.close()
+
+
 class SqlJobStore:
     """One instance per run (``EffectRunner`` builds one for each event or job), so it may
     remember what ``start`` learnt about the jobs.
@@ -358,36 +390,37 @@ class SqlJobStore:
     both writes happened together; a redelivery waits for the job row's lock and finds it done
     (the tasks' unique (source_event_id, kind) stands behind that)."""
 
-    def __init__(self, db: Engine, *, hold_connection: bool = False) -> None:
+    def __init__(
+        self, db: Engine, *, hold_connection: bool = False, kept: KeptConnection | None = None
+    ) -> None:
         self._db = db
         self._sql = _STATEMENTS[db.dialect.name]
         # Jobs whose row this store inserted: no earlier attempt, so nothing delivered yet.
         self._fresh: set[tuple[str, str]] = set()
-        # PostgreSQL, for a caller that calls close() (the EffectRunner): one autocommit
-        # connection for the whole run, taken from the pool once; a checkout and check-in per
-        # statement cost a sixth of a worker's CPU (bench/pipeline.py).
-        self._hold = hold_connection and db.dialect.name == "postgresql"
-        self._held: Connection | None = None
+        # PostgreSQL, for a caller that calls close() (hold_connection) or keeps a connection
+        # for run after run (kept: a worker's EffectRunner): one autocommit connection, taken
+        # from the pool once; a checkout and check-in per statement cost a sixth of a worker's
+        # CPU (bench/pipeline.py).
+        postgres = db.dialect.name == "postgresql"
+        self._kept = (kept or (KeptConnection(db) if hold_connection else None)) if postgres else None
+        self._owns = kept is None
 
     @contextmanager
     def _statements(self, write: bool = True) -> Iterator[Connection]:
-        if not self._hold:
+        if self._kept is None:
             with autocommit(self._db, write) as conn:
                 yield conn
             return
-        if self._held is None:
-            self._held = self._db.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
-            yield self._held
+            yield self._kept.get()
         except BaseException:
-            self.close()  # after an error, a fresh connection for the next statement
+            self._kept.drop()  # after an error, a fresh connection for the next statement
             raise
 
     def close(self) -> None:
-        """Gives the run's connection back to the pool."""
-        held, self._held = self._held, None
-        if held is not None:
-            held.close()
+        """Gives the run's connection back to the pool (one the store was given stays kept)."""
+        if self._kept is not None and self._owns:
+            self._kept.drop()
 
     def start(self, job: Job, now: datetime) -> tuple[str, int]:
         """One statement: inserts the job, or counts another attempt of an unfinished one."""
@@ -418,14 +451,15 @@ class SqlJobStore:
         holds them (one the case was redirected from too), are settled with the job's done, in
         one transaction: cancelled by a CLOSE_TASKS effect, done by a COMPLETE_TASKS one (the
         event is the work they asked for). Running it again settles nothing more."""
-        settle = update(tb.tasks).where(*settleable()).values(status=SETTLING[effect.kind], completed_at=now)
         settlers = SETTLED_BY.get((effect.subject, effect.side), {})
         params = {
             "p_case_id": job.case_id,
             "p_kind": effect.subject,
             "p_event_id": job.event_id,
             "p_settlers": [name for names in settlers.values() for name in names],
+            "p_now": now,
         }
+        settle = self._sql.settle[effect.kind]
         with writing(self._db) as conn:
             closed = conn.execute(settle, params, execution_options={"preserve_rowcount": True}).rowcount
             conn.execute(self._sql.finish, {**_params(job, now), "p_status": "done", "p_error": None})
