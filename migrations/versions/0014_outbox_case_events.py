@@ -49,5 +49,7 @@ def downgrade() -> None:
         op.drop_index(NAME, table_name="outbox")
         return
     with op.get_context().autocommit_block():
+        if op.get_bind().execute(sa.text(INVALID), {"name": OLD}).scalar():
+            op.drop_index(OLD, table_name="outbox", postgresql_concurrently=True)
         op.create_index(OLD, "outbox", ["case_id"], postgresql_concurrently=True, if_not_exists=True)
         op.drop_index(NAME, table_name="outbox", postgresql_concurrently=True, if_exists=True)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event, func, select
+from sqlalchemy import Connection, bindparam, event, func, select
 
 from tests.support import register
 from workflow.adapters import tables as tb
@@ -98,13 +98,12 @@ def test_held_writes_go_as_one_statement_on_postgresql_and_one_by_one_on_sqlite(
     with batch(app) as (b, sent):
         b.defer(_CANCEL_TIMERS, {"_case": case_id, "_state": "inquiry"})
         b.defer(_INSERT_TIMER, [_timer(case_id), _timer(case_id, state="travel_booked")])
-        b.defer(_INSERT_TIMER, _timer(case_id, state="arrived"))
+        b.defer(_INSERT_HISTORY, _history_line(case_id, version=2))
         if app.db.dialect.name == "postgresql":
             assert sent == []  # held until something is sent (here, the end of the block)
     assert len(sent) == (1 if app.db.dialect.name == "postgresql" else 3)
     # The inquiry timer is cancelled; the UPDATE did not see the new rows.
     assert _statuses(app, case_id) == [
-        ("arrived", "pending"),
         ("inquiry", "cancelled"),
         ("monitoring", "pending"),
         ("travel_booked", "pending"),
@@ -178,3 +177,54 @@ def test_a_guarded_update_that_changes_its_row_goes_on(app: App) -> None:
         b.defer(_INSERT_TIMER, _timer(case_id))
     assert called == []
     assert app.views.case(case_id)["version"] == 2
+
+
+def _outbox_row(case_id: str) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "case_id": case_id,
+        "case_version": 9,
+        "event_type": "EligibilityRecorded",
+        "payload": {},
+        "occurred_at": NOW,
+    }
+
+
+def test_two_inserts_into_one_table_go_one_after_the_other(app: App) -> None:
+    """In one statement their order is not set: the outbox's ids (the relay's order) would be."""
+    case_id = _registered(app)
+    first, second = _outbox_row(case_id), _outbox_row(case_id)
+    with batch(app) as (b, sent):
+        b.defer(tb.outbox.insert(), first)
+        b.defer(tb.outbox.insert(), second)
+    assert len(sent) == 2
+    with app.db.connect() as conn:
+        ids = dict(
+            conn.execute(
+                select(tb.outbox.c.event_id, tb.outbox.c.id).where(tb.outbox.c.case_id == case_id)
+            ).all()
+        )
+    assert ids[first["event_id"]] < ids[second["event_id"]]
+
+
+def test_an_insert_after_an_update_of_a_table_with_other_unique_keys_waits_for_it(app: App) -> None:
+    """The UPDATE could free a key the INSERT takes: one by one only. (Timers' only key is their
+    id, so the cancel and the new timer of a fire go together: the first test.)"""
+    case_id = _registered(app)
+    with batch(app) as (b, sent):
+        b.defer(
+            tb.outbox.update().where(tb.outbox.c.case_id == bindparam("_case")).values(attempts=0),
+            {"_case": case_id},
+        )
+        b.defer(tb.outbox.insert(), _outbox_row(case_id))
+    assert len(sent) == 2
+
+
+def test_several_rows_are_for_an_insert_and_on_none_must_raise(app: App) -> None:
+    case_id = _registered(app)
+    with pytest.raises(ValueError), batch(app) as (b, _):
+        b.defer(_CANCEL_TIMERS, [{"_case": case_id, "_state": "inquiry"}] * 2)
+    stale = {"version": 99, "updated_at": NOW, "_id": case_id, "_expected": 41}
+    with pytest.raises(RuntimeError, match="did not raise"), batch(app) as (b, _):
+        b.defer(_UPDATE_CASE, stale, on_none=lambda: None)
+        b.defer(_INSERT_TIMER, _timer(case_id))

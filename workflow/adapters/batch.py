@@ -3,12 +3,13 @@ PostgreSQL together, as one statement of data-modifying CTEs, when anything else
 read, a write whose outcome is read, the commit).
 
 A transition's writes (its case's UPDATE, the changes it records, its history line, its outbox
-row) cost PostgreSQL and the client a statement each, round trip and all: most of a fire
-(bench/pipeline.py). Held back and sent as one, they are one round trip. The order of their
-effects is unchanged for what the batch accepts: every part of one statement sees the same
-snapshot, so a write that could see (or touch the same row as) an earlier write of the batch
-sends the batch first (``Batch._sees_held``). Errors (a constraint, a version conflict) surface when the
-batch is sent, inside the same transaction, before its commit. SQLite runs each write at once.
+rows) cost PostgreSQL and the client a statement each, round trip and all: most of a fire
+(bench/pipeline.py). Held back and sent as one, they are one round trip. The outcome is the
+writes' one by one: the parts of one statement share a snapshot and run in no set order, so a
+write joins the held ones only where neither could matter (``Batch._sees_held``), and the
+writes after a guarded one (the version-checked UPDATE) write only if it found its row. Errors
+(a constraint, a version conflict) surface when the batch is sent, inside the same
+transaction, before its commit. SQLite runs each write at once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Delete,
     Executable,
     Insert,
+    UniqueConstraint,
     Update,
     bindparam,
     func,
@@ -34,7 +36,9 @@ from sqlalchemy.sql.visitors import ExternallyTraversible, iterate, replacement_
 
 Params = Mapping[str, Any]
 Write = Insert | Update | Delete
-_SHAPES_KEPT = 512  # combined statements built (one per shape of batch: per kind of transition)
+# Combined statements kept, one per shape of batch (the statements, the parameters they were given,
+# the rows of each): a kind of transition has a few (the columns it changed, the events it made).
+_SHAPES_KEPT = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +67,13 @@ class Batch:
         on_none: Callable[[], None] | None = None,
     ) -> None:
         """``statement`` with ``params`` (one row's, or several rows' for an INSERT), sent with
-        the batch; ``on_none`` is called if it changed no row (it raises, say)."""
+        the batch. ``on_none`` is called if it changed no row, and must raise: the writes held
+        after it have not been made."""
         rows = (params,) if isinstance(params, Mapping) else tuple(params)
         if not rows:
             return
+        if len(rows) > 1 and not isinstance(statement, Insert):
+            raise ValueError("several rows of parameters are for an INSERT only")
         if not self._combine:
             self._run(_Held(statement, rows, on_none))
             return
@@ -89,22 +96,43 @@ class Batch:
             counts = self._conn.execute(shape.statement, params).one()
             for index, count in zip(shape.checked, counts if shape.checked else (), strict=True):
                 if count == 0 and (on_none := held[index].on_none) is not None:
-                    on_none()
+                    _refused(on_none)
 
     def _run(self, write: _Held) -> None:
         rows = write.rows[0] if len(write.rows) == 1 else list(write.rows)
         result = self._conn.execute(write.statement, rows)
         if write.on_none is not None and result.rowcount == 0:
-            write.on_none()
+            _refused(write.on_none)
+
+    def discard(self) -> None:
+        """Forgets the held writes (the transaction is rolled back)."""
+        self._held = []
 
     def _sees_held(self, statement: Write) -> bool:
-        """Whether ``statement`` run after the held writes could see what they wrote (or touch
-        the rows they touch): an UPDATE or DELETE of a table the batch writes, an INSERT into a
-        table the batch DELETEs from (a key deleted and inserted again). An INSERT after an
-        UPDATE of its table is safe: the UPDATE would not have seen the row either."""
+        """Whether ``statement`` must not join the held writes. The parts of one statement see
+        one snapshot and run in no set order (PostgreSQL: "the order in which the specified
+        updates actually happen is unpredictable"), so it joins only writes of other tables, or
+        it is an INSERT after UPDATEs of a table whose only unique key is its primary key,
+        which they do not set: they would not have seen its row one by one either, no key they
+        free can be the one it takes, and no sequence orders the two."""
         table = statement.table
-        kinds = {type(h.statement) for h in self._held if h.statement.table is table}
-        return bool(kinds) and (not isinstance(statement, Insert) or Delete in kinds)
+        held = [h for h in self._held if h.statement.table is table]
+        if not held:
+            return False
+        if not isinstance(statement, Insert) or not all(isinstance(h.statement, Update) for h in held):
+            return True
+        keys = {column.name for column in table.primary_key}
+        return _unique_beyond_primary_key(table) or any(keys & set(h.rows[0]) for h in held)
+
+
+def _refused(on_none: Callable[[], None]) -> None:
+    on_none()
+    raise RuntimeError("a guarded write found no row and its on_none did not raise")
+
+
+def _unique_beyond_primary_key(table: Any) -> bool:
+    constraints = [c for c in table.constraints if isinstance(c, UniqueConstraint)]
+    return bool(constraints) or any(index.unique for index in table.indexes)
 
 
 @dataclass(frozen=True, slots=True)

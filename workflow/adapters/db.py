@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 WRITE_OPTION = "avrr_write"  # execution option of connections that will write (units of work)
+POOL_RECYCLE = 1800  # seconds: a server connection is replaced once this old
 
 
 def make_engine(url: str, pool_size: int = 10, pre_ping: bool = False, **kw: Any) -> Engine:
@@ -28,7 +29,7 @@ def make_engine(url: str, pool_size: int = 10, pre_ping: bool = False, **kw: Any
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_pre_ping=pre_ping,
-            pool_recycle=1800,
+            pool_recycle=POOL_RECYCLE,
             **kw,
         )
     if parsed.database and parsed.database != ":memory:":

@@ -30,8 +30,9 @@ class SqlInboundStore:
             "body_digest": delivery.body_digest,
             "received_at": delivery.received_at,
         }
+        conn = self._conn.connection()  # the held writes first: their errors are not this one's
         try:
-            self._conn.connection().execute(insert(tb.inbound_deliveries), values)
+            conn.execute(insert(tb.inbound_deliveries), values)
         except IntegrityError as exc:
             if "inbound_deliveries" not in str(exc.orig):  # PostgreSQL and SQLite both name it
                 raise

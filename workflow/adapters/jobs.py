@@ -6,6 +6,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -38,7 +39,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from workflow.adapters import tables as tb
-from workflow.adapters.db import writing
+from workflow.adapters.db import POOL_RECYCLE, writing
 from workflow.domain.effects import COMPLETE_TASKS, SETTLED_BY, SETTLING, Effect
 from workflow.domain.lifecycle import DESTINATION
 from workflow.service_layer.effects import Job
@@ -362,22 +363,30 @@ class KeptConnection:
     for run after run by whoever made it (one worker process's EffectRunner: not for threads
     to share): a checkout per run, its switch to autocommit and back, and the check-in cost a
     worker about a seventh of a job's CPU (bench/pipeline.py). Dropped after an error, so the
-    next statement has a fresh connection (a server restart costs the statement it failed)."""
+    next statement has a fresh connection (a server restart costs the statement it failed),
+    and replaced once as old as the pool lets its connections grow."""
 
     def __init__(self, db: Engine) -> None:
         self._db = db
         self._conn: Connection | None = None
+        self._since = 0.0
 
     def get(self) -> Connection:
+        if self._conn is not None and time.monotonic() - self._since > POOL_RECYCLE:
+            conn, self._conn = self._conn, None
+            conn.close()  # idle between statements: back to the pool, which recycles it
         if self._conn is None:
             self._conn = self._db.connect().execution_options(isolation_level="AUTOCOMMIT")
+            self._since = time.monotonic()
         return self._conn
 
     def drop(self) -> None:
+        """After an error: the connection may be in the middle of a statement (a time limit
+        interrupted its wait), so it is invalidated, not reset (a reset would fail on it)."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            with suppress(Exception):
-                conn.close()
+            with suppress(DBAPIError, psycopg.Error):
+                conn.invalidate()
 
 
 class SqlJobStore:

@@ -76,7 +76,7 @@ class SqlCaseRepository:
         if row is None:
             return None
         case = _to_case(row)
-        self._read[case.id] = _columns(case)
+        self._read[case.id] = {name: row[name] for name in (*_PLAIN, *_ELIGIBILITY)}  # the row's own
         return case
 
     def load_parts(self, case: Case, parts: Iterable[str]) -> None:
@@ -129,6 +129,7 @@ class SqlCaseRepository:
 
         # Sent with the fire's other writes (Batch): a conflict is raised then, before the commit.
         self._conn.defer(_UPDATE_CASE, params, on_none=moved_on)
+        self._read[case.id] = _columns(case)  # what the row holds once the UPDATE is made
         self._persist(case)
 
     def _persist(self, case: Case) -> None:

@@ -83,8 +83,9 @@ class SqlIdempotencyStore:
         response: dict[str, Any],
         now: datetime,
     ) -> None:
+        conn = self._conn.connection()  # the held writes first: their errors are not this one's
         try:
-            self._conn.connection().execute(
+            conn.execute(
                 _INSERT_KEY,
                 {
                     "key": key,

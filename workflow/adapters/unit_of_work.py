@@ -69,5 +69,7 @@ class SqlUnitOfWork:
         self._tx.commit()
 
     def rollback(self) -> None:
+        if self._batch is not None:
+            self._batch.discard()
         if self._tx is not None:
             self._tx.rollback()
