@@ -135,9 +135,9 @@ def _disbursement_requested(conn: Batch, case_id: str, change: ch.DisbursementRe
 
 
 def _disbursed(conn: Batch, case_id: str, change: ch.Disbursed) -> None:
-    now = conn.connection()  # the held writes first: their errors are not this one's
+    connection = conn.connection()  # the held writes first: their errors are not this one's
     try:
-        now.execute(_SPEND, {"_line": change.budget_line_id, "_amount": change.amount.to_minor()})
+        connection.execute(_SPEND, {"_line": change.budget_line_id, "_amount": change.amount.to_minor()})
     except IntegrityError as exc:
         if "within_allocation" in str(exc.orig):
             raise BudgetExceeded("the disbursement would overspend the member's budget line") from None
