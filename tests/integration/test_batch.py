@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Connection, bindparam, event, func, select
 
@@ -19,9 +20,16 @@ from workflow.adapters.change_writers import _CANCEL_TIMERS, _INSERT_TIMER
 from workflow.adapters.repository import _UPDATE_CASE
 from workflow.adapters.stores import _INSERT_HISTORY
 from workflow.bootstrap import App
+from workflow.demo import TLL_CASEWORKER
 
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
 _MEMBERS = tb.household_members.insert()
+ELIGIBLE = {
+    "nationality": "UA",
+    "consent_signed_on": "2026-11-01",
+    "travel_document": "present",
+    "asylum_status": "withdrawn",
+}
 
 
 class Moved(Exception):
@@ -228,3 +236,93 @@ def test_several_rows_are_for_an_insert_and_on_none_must_raise(app: App) -> None
     with pytest.raises(RuntimeError, match="did not raise"), batch(app) as (b, _):
         b.defer(_UPDATE_CASE, stale, on_none=lambda: None)
         b.defer(_INSERT_TIMER, _timer(case_id))
+
+
+# A unit of work on PostgreSQL: its connection in autocommit, BEGIN only when a statement needs it.
+
+
+@contextmanager
+def lazy_batch(app: App) -> Iterator[tuple[Batch, list[tuple[str, bool]]]]:
+    """A Batch as a unit of work has it on PostgreSQL; each statement sent, and whether a
+    transaction was open on the server once it had run (the commit is a no-op if none was)."""
+    sent: list[tuple[str, bool]] = []
+    with app.db.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+
+        def record(conn: Connection, cursor: Any, statement: str, *_: Any) -> None:
+            status = conn.connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+            sent.append((statement, status != psycopg.pq.TransactionStatus.IDLE))
+
+        event.listen(conn, "after_cursor_execute", record)
+        tx = conn.begin()
+        try:
+            b = Batch(conn, lazy=True)
+            yield b, sent
+            b.finish()
+            tx.commit()
+        except BaseException:
+            tx.rollback()
+            raise
+
+
+def test_a_fire_on_postgresql_is_a_read_and_one_statement_with_no_transaction_around_them(
+    pg_app: App,
+) -> None:
+    case_id = register(pg_app).case_id
+    sent: list[tuple[str, bool]] = []
+
+    def record(conn: Connection, cursor: Any, statement: str, *_: Any) -> None:
+        status = conn.connection.dbapi_connection.info.transaction_status  # type: ignore[union-attr]
+        sent.append((statement.split(maxsplit=1)[0], status != psycopg.pq.TransactionStatus.IDLE))
+
+    event.listen(pg_app.db, "after_cursor_execute", record)
+    try:
+        result = pg_app.transitions.fire(case_id, "record_eligibility", TLL_CASEWORKER, ELIGIBLE)
+    finally:
+        event.remove(pg_app.db, "after_cursor_execute", record)
+    # No BEGIN, and no transaction open after either statement: the commit sends nothing.
+    assert sent == [("SELECT", False), ("WITH", False)]
+    assert pg_app.views.case(case_id)["version"] == result.version == 2
+    with pg_app.db.connect() as conn:
+        assert conn.scalar(select(func.count()).where(tb.outbox.c.case_id == case_id)) == 2
+
+
+def test_a_lazy_batch_whose_guard_finds_no_row_writes_nothing_and_begins_nothing(pg_app: App) -> None:
+    case_id = _registered(pg_app)
+    stale = {"state": "closed", "version": 99, "updated_at": NOW, "_id": case_id, "_expected": 41}
+    with pytest.raises(Moved), lazy_batch(pg_app) as (b, sent):
+        b.defer(_UPDATE_CASE, stale, on_none=_raise_moved)
+        b.defer(_INSERT_TIMER, _timer(case_id, state="arrived"))
+        b.defer(_INSERT_HISTORY, _history_line(case_id, version=1))
+    assert [in_tx for _, in_tx in sent] == [False]  # one statement, in autocommit
+    assert _statuses(pg_app, case_id) == [("inquiry", "pending")]
+    assert pg_app.views.case(case_id)["state"] == "inquiry"
+
+
+def test_a_lazy_batch_with_a_write_before_its_guard_goes_in_a_transaction(pg_app: App) -> None:
+    """In one statement alone, the timer before the guard would stay when the guard found no row."""
+    case_id = _registered(pg_app)
+    stale = {"state": "closed", "version": 99, "updated_at": NOW, "_id": case_id, "_expected": 41}
+    with pytest.raises(Moved), lazy_batch(pg_app) as (b, sent):
+        b.defer(_INSERT_TIMER, _timer(case_id))
+        b.defer(_UPDATE_CASE, stale, on_none=_raise_moved)
+    assert sent[0][0] == "BEGIN"
+    assert _statuses(pg_app, case_id) == [("inquiry", "pending")]  # rolled back
+
+
+def test_a_lazy_batch_begins_for_a_checked_write_and_a_read_after_held_writes(pg_app: App) -> None:
+    case_id = _registered(pg_app)
+    with pytest.raises(Moved), lazy_batch(pg_app) as (b, sent):
+        assert b.reader().scalar(select(tb.cases.c.version).where(tb.cases.c.id == case_id)) == 1
+        b.defer(_INSERT_TIMER, _timer(case_id))
+        count = b.reader().scalar(select(func.count()).where(tb.timers.c.case_id == case_id))
+        assert count == 2  # the held timer went first, inside the transaction begun for it
+        b.connection().execute(_INSERT_TIMER, _timer(case_id, state="arrived"))
+        raise Moved
+    kinds = [statement.split(maxsplit=1)[0] for statement, _ in sent]
+    assert kinds == ["SELECT", "BEGIN", "INSERT", "SELECT", "INSERT"]
+    assert [in_tx for _, in_tx in sent] == [False, True, True, True, True]
+    assert _statuses(pg_app, case_id) == [("inquiry", "pending")]  # all rolled back
+
+
+def _raise_moved() -> None:
+    raise Moved

@@ -10,6 +10,15 @@ write joins the held ones only where neither could matter (``Batch._sees_held``)
 writes after a guarded one (the version-checked UPDATE) write only if it found its row. Errors
 (a constraint, a version conflict) surface when the batch is sent, inside the same
 transaction, before its commit. SQLite runs each write at once.
+
+A unit of work on PostgreSQL also begins its transaction only when it must (``lazy``): its
+connection is in autocommit, plain reads go alone (under READ COMMITTED each statement of a
+transaction reads its own snapshot anyway, so they see what they would have seen inside one),
+and when the held writes are all there is to commit and one statement can make them all or
+none, that statement goes alone: a fire is a SELECT and one statement, without the BEGIN and
+COMMIT round trips (a round trip costs the client and the server about as much as a small
+statement). Anything else, a write whose outcome is read, a read after held writes, a second
+statement of writes, sends BEGIN first.
 """
 
 from __future__ import annotations
@@ -50,15 +59,39 @@ class _Held:
 
 
 class Batch:
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, lazy: bool = False) -> None:
+        """``lazy``: ``conn`` is in autocommit and this batch sends BEGIN when a statement
+        needs a transaction (PostgreSQL only; the unit of work commits or rolls it back)."""
         self._conn = conn
         self._combine = conn.dialect.name == "postgresql"
         self._held: list[_Held] = []
+        self._begun = not (lazy and self._combine)
 
     def connection(self) -> Connection:
         """The connection, for a statement whose outcome is read: the held writes go first."""
+        self._begin()
         self.flush()
         return self._conn
+
+    def reader(self) -> Connection:
+        """The connection, for a plain read (no lock taken): the held writes go first, and
+        before anything is held or written it reads outside a transaction."""
+        if self._held:
+            self._begin()
+            self.flush()
+        return self._conn
+
+    def finish(self) -> None:
+        """Sends the held writes before the commit: alone, as the transaction, if nothing
+        began one and their one statement makes all or none of them."""
+        if not self._begun and self._held and not _all_or_none(self._held):
+            self._begin()
+        self.flush()
+
+    def _begin(self) -> None:
+        if not self._begun:
+            self._begun = True
+            self._conn.exec_driver_sql("BEGIN")
 
     def defer(
         self,
@@ -78,6 +111,7 @@ class Batch:
             self._run(_Held(statement, rows, on_none))
             return
         if self._sees_held(statement):
+            self._begin()  # two statements of writes: one transaction
             self.flush()
         self._held.append(_Held(statement, rows, on_none))
 
@@ -123,6 +157,13 @@ class Batch:
             return True
         keys = {column.name for column in table.primary_key}
         return _unique_beyond_primary_key(table) or any(keys & set(h.rows[0]) for h in held)
+
+
+def _all_or_none(held: Sequence[_Held]) -> bool:
+    """Whether the one statement of ``held`` makes all of them or none: one write, or the
+    guarded write first and the only one (those after it write only if it found its row)."""
+    guards = [i for i, h in enumerate(held) if h.on_none is not None]
+    return len(held) == 1 or guards in ([], [0])
 
 
 def _refused(on_none: Callable[[], None]) -> None:

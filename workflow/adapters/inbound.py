@@ -18,7 +18,7 @@ class SqlInboundStore:
         self._conn = conn if isinstance(conn, Batch) else Batch(conn)
 
     def get(self, key: str) -> InboundDelivery | None:
-        row = self._conn.connection().execute(_SELECT.where(d.idempotency_key == key)).first()
+        row = self._conn.reader().execute(_SELECT.where(d.idempotency_key == key)).first()
         return InboundDelivery(*row) if row else None
 
     def add(self, delivery: InboundDelivery) -> None:
@@ -39,5 +39,5 @@ class SqlInboundStore:
             raise DuplicateIdempotencyKey(delivery.key) from None
 
     def served_here(self, office: str) -> bool | None:
-        row = self._conn.connection().execute(select(o.webhook_url).where(o.code == office)).first()
+        row = self._conn.reader().execute(select(o.webhook_url).where(o.code == office)).first()
         return None if row is None else not row.webhook_url

@@ -72,7 +72,8 @@ class SqlCaseRepository:
         if not plausible_id(case_id):  # cannot exist; PostgreSQL would refuse the comparison
             return None
         query = _SELECT_CASE_LOCKED if lock else _SELECT_CASE
-        row = self._conn.connection().execute(query, {"_id": case_id}).mappings().first()
+        conn = self._conn.connection() if lock else self._conn.reader()  # a lock needs a transaction
+        row = conn.execute(query, {"_id": case_id}).mappings().first()
         if row is None:
             return None
         case = _to_case(row)
@@ -87,7 +88,7 @@ class SqlCaseRepository:
 
     def members(self, case_id: str) -> list[HouseholdMember]:
         m = tb.household_members.c
-        rows = self._conn.connection().execute(
+        rows = self._conn.reader().execute(
             select(m.id, m.full_name, m.date_of_birth, m.relationship, m.phone, m.email)
             .where(m.case_id == case_id)
             .order_by(m.position)
@@ -95,7 +96,7 @@ class SqlCaseRepository:
         return [HouseholdMember(*row) for row in rows]
 
     def office_exists(self, code: str) -> bool:
-        return bool(self._conn.connection().scalar(select(exists().where(tb.offices.c.code == code))))
+        return bool(self._conn.reader().scalar(select(exists().where(tb.offices.c.code == code))))
 
     def add(self, case: Case, now: datetime) -> None:
         values = _columns(case) | {"updated_at": now, "state_entered_at": case.state_entered_at or now}
@@ -122,9 +123,7 @@ class SqlCaseRepository:
         }
 
         def moved_on() -> None:
-            actual = self._conn.connection().scalar(
-                select(tb.cases.c.version).where(tb.cases.c.id == case.id)
-            )
+            actual = self._conn.reader().scalar(select(tb.cases.c.version).where(tb.cases.c.id == case.id))
             raise VersionConflict(case.id, expected, actual)
 
         # Sent with the fire's other writes (Batch): a conflict is raised then, before the commit.
@@ -139,7 +138,7 @@ class SqlCaseRepository:
 
     def _plan(self, case_id: str) -> Plan | None:
         row = (
-            self._conn.connection()
+            self._conn.reader()
             .execute(select(tb.plans).where(tb.plans.c.case_id == case_id))
             .mappings()
             .first()
@@ -147,7 +146,7 @@ class SqlCaseRepository:
         if row is None:
             return None
         lines = (
-            self._conn.connection()
+            self._conn.reader()
             .execute(
                 select(tb.budget_lines)
                 .where(tb.budget_lines.c.plan_id == row["id"])
@@ -177,7 +176,7 @@ class SqlCaseRepository:
         )
 
     def _disbursements(self, case_id: str) -> list[Disbursement]:
-        rows = self._conn.connection().execute(_SELECT_DISBURSEMENTS, {"_case": case_id}).mappings()
+        rows = self._conn.reader().execute(_SELECT_DISBURSEMENTS, {"_case": case_id}).mappings()
         return [
             Disbursement(
                 r["id"],

@@ -33,7 +33,7 @@ class SqlHistoryLog:
     def for_case(self, case_id: str) -> Sequence[HistoryEntry]:
         h = tb.case_history.c
         rows = (
-            self._conn.connection()
+            self._conn.reader()
             .execute(
                 select(*(h[name] for name in HistoryEntry.__dataclass_fields__))
                 .where(h.case_id == case_id)
@@ -71,7 +71,7 @@ class SqlIdempotencyStore:
 
     def get(self, key: str) -> StoredResponse | None:
         k = tb.idempotency_keys.c
-        row = self._conn.connection().execute(select(k.request_hash, k.response).where(k.key == key)).first()
+        row = self._conn.reader().execute(select(k.request_hash, k.response).where(k.key == key)).first()
         return StoredResponse(row.request_hash, row.response) if row else None
 
     def add(

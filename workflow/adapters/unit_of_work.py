@@ -1,4 +1,5 @@
-"""The SQLAlchemy unit of work: one connection, one transaction, every store on it."""
+"""The SQLAlchemy unit of work: one connection, every store on it, one transaction (on PostgreSQL
+begun only when one statement cannot do: workflow/adapters/batch.py)."""
 
 from __future__ import annotations
 
@@ -38,10 +39,17 @@ class SqlUnitOfWork:
         self._tx: Transaction | None = None
 
     def __enter__(self) -> Self:
-        self._conn = self._engine.connect().execution_options(**{WRITE_OPTION: True})
-        self._tx = self._conn.begin()
+        conn = self._engine.connect()
+        lazy = conn.dialect.name == "postgresql"
+        # On PostgreSQL in autocommit: the Batch sends BEGIN when a statement needs it, and a
+        # transaction of one statement goes without BEGIN and COMMIT (workflow/adapters/batch.py).
+        options: dict[str, object] = {WRITE_OPTION: True}
+        if lazy:
+            options["isolation_level"] = "AUTOCOMMIT"
+        self._conn = conn.execution_options(**options)
+        self._tx = self._conn.begin()  # in autocommit, SQLAlchemy's commit is the server's if BEGIN went
         # Every store on one Batch: the writes nobody reads go to the database together.
-        self._batch = batch = Batch(self._conn)
+        self._batch = batch = Batch(self._conn, lazy=lazy)
         self.cases = SqlCaseRepository(batch)
         self.history = SqlHistoryLog(batch)
         self.outbox = SqlOutbox(batch)
@@ -65,7 +73,7 @@ class SqlUnitOfWork:
     def commit(self) -> None:
         assert self._tx is not None
         assert self._batch is not None
-        self._batch.flush()
+        self._batch.finish()
         self._tx.commit()
 
     def rollback(self) -> None:
