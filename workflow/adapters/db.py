@@ -51,7 +51,7 @@ def make_engine(url: str, pool_size: int = 10, pre_ping: bool = False, **kw: Any
     # Parameters may hold personal data: keep them out of error messages and logs.
     kw.setdefault("hide_parameters", True)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(
+        engine = create_engine(
             url,
             # UTC sessions: timestamps come back in UTC whatever the server's zone (see UtcDateTime).
             connect_args={"options": "-c TimeZone=UTC", "cursor_factory": LeanCursor},
@@ -61,11 +61,35 @@ def make_engine(url: str, pool_size: int = 10, pre_ping: bool = False, **kw: Any
             pool_recycle=POOL_RECYCLE,
             **kw,
         )
+        _end_statements_of_dead_clients(engine)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kw)
     _serialise_sqlite_writers(engine)
     return engine
+
+
+# Milliseconds between the server's checks, while a statement runs or waits, that its client is
+# still there (PostgreSQL 14 and later).
+CLIENT_CHECK_MS = 1000
+
+
+def _end_statements_of_dead_clients(engine: Engine) -> None:
+    """A statement whose process died (a worker killed by its hard time limit or by kill -9)
+    is ended by the server within CLIENT_CHECK_MS. Without it, a statement waiting on a lock
+    went on waiting, then ran and committed once the lock was free: a dead letter filed for a
+    message that had gone back to the queue, a write no one was there to see."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _: Any) -> None:
+        if dbapi_connection.info.server_version < 140000:
+            return
+        autocommit, dbapi_connection.autocommit = dbapi_connection.autocommit, True
+        try:
+            dbapi_connection.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+        finally:
+            dbapi_connection.autocommit = autocommit
 
 
 def _serialise_sqlite_writers(engine: Engine) -> None:
