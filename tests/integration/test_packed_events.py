@@ -22,7 +22,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import func, select, text
 
-from config.celery import celery_config
+from config.celery import MAX_ATTEMPTS, celery_config
 from tests.integration.processes import QUEUE, RedisServer, queued_jobs, start_worker, stop, wait_for
 from tests.servers import Inbox, smtp_server
 from tests.support import advance_to, jobs_of, register
@@ -410,6 +410,61 @@ def test_a_packed_message_whose_statement_waits_past_the_soft_time_limit_retries
     assert "Soft time limit (2s) exceeded for avrr.events.handle_many" in text
     assert "events.sent_on" in text and "not_reached=2" in text and "retried=1" in text
     assert "Hard time limit" not in text and "task.hard_time_limit" not in text
+
+
+def _waiting_on_locks(app: App) -> list[str]:
+    """The first words of the statements of this database that wait on a lock."""
+    with app.db.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT left(query, 16) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+        return [row[0] for row in rows]
+
+
+def test_a_packed_message_killed_by_the_hard_time_limit_goes_back_to_the_queue_and_runs_once(
+    pg_app: App, pg_url: str, redis_server: RedisServer, celery: Celery, tmp_path: Path
+) -> None:
+    """A message of three events on its last retry, soft time limit 2 s, hard 4 s, while another
+    session holds a lock on the jobs table: the soft limit interrupts the first event's start,
+    the filing of that event (its retries spent) waits on the lock in turn, and the hard limit
+    kills the pool process. The message goes back to the queue (acks late, no ack on a
+    timeout), and the server ends the statement the killed process left waiting (nothing is
+    filed). Once the copy back from the queue waits on the lock, the lock goes: each e-mail
+    arrives once and the dead letters stay empty."""
+    register(pg_app)
+    register(pg_app)
+    register(pg_app)
+    args = [event_args(e) for e in _events(pg_app)]
+    with _worker_and_mail(pg_url, redis_server, tmp_path, 1) as (inbox, log):
+        wait_for(lambda: "ready." in log.read_text(errors="replace"), 30, "the worker ready")
+        with pg_app.db.connect() as holder:
+            holder.exec_driver_sql("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+            last = MAX_ATTEMPTS - 1  # the task's max_retries: the soft limit files the cut event
+            celery.send_task(EVENTS_TASK, args=args, soft_time_limit=2, time_limit=4, retries=last)
+            wait_for(
+                lambda: "Hard time limit (4s) exceeded" in log.read_text(errors="replace"), 60, "the kill"
+            )
+
+            def only_the_copy_waits() -> bool:
+                waiting = _waiting_on_locks(pg_app)
+                return bool(waiting) and all(w.startswith("INSERT INTO jobs") for w in waiting)
+
+            wait_for(
+                only_the_copy_waits, 30, "the killed statement ended, the copy back from the queue waiting"
+            )
+            holder.rollback()
+        received = _received_once_done(pg_app, inbox, 3, 90)
+    assert len(received) == 3 and set(received.values()) == {1}
+    with pg_app.db.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(tb.dead_letters)) == 0
+    text_ = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
+    assert "Soft time limit (2s) exceeded for avrr.events.handle_many" in text_
+    assert (
+        len(re.findall(r"avrr\.events\.handle_many\[[0-9a-f-]+\] received", text_)) >= 2
+    )  # back from the queue
 
 
 class _Requeued(Exception):
