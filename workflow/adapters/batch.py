@@ -41,7 +41,10 @@ from sqlalchemy import (
     select,
     union_all,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.visitors import ExternallyTraversible, iterate, replacement_traverse
+
+from workflow.adapters.db import DriverStatement
 
 Params = Mapping[str, Any]
 Write = Insert | Update | Delete
@@ -120,14 +123,17 @@ class Batch:
         if len(held) == 1:
             self._run(held[0])
         elif held:
-            shape = _shape(held)
+            shape = _shape(held, self._conn.dialect)
             params = {
                 name: row[key]
                 for write, names in zip(held, shape.names, strict=True)
                 for row, row_names in zip(write.rows, names, strict=True)
                 for key, name in zip(write.rows[0], row_names, strict=True)
             }
-            counts = self._conn.execute(shape.statement, params).one()
+            if shape.driver is not None:
+                counts = shape.driver.run(self._conn, params).one()
+            else:
+                counts = self._conn.execute(shape.statement, params).one()
             for index, count in zip(shape.checked, counts if shape.checked else (), strict=True):
                 if count == 0 and (on_none := held[index].on_none) is not None:
                     _refused(on_none)
@@ -182,12 +188,13 @@ class _Shape:
     checked: tuple[int, ...]  # the writes whose count of changed rows the statement returns
     # By write, by row: the names in the statement of the row's parameters (in its keys' order).
     names: tuple[tuple[tuple[str, ...], ...], ...]
+    driver: DriverStatement | None = None  # the statement compiled once (no expanding parameters)
 
 
 _SHAPES: dict[tuple[Any, ...], _Shape] = {}
 
 
-def _shape(held: Sequence[_Held]) -> _Shape:
+def _shape(held: Sequence[_Held], dialect: Dialect) -> _Shape:
     """One statement for the batch (built once per shape of batch: the same statements with
     the same parameters): each write a CTE, the statement itself the count of rows each write
     that checks its outcome changed."""
@@ -208,7 +215,11 @@ def _shape(held: Sequence[_Held]) -> _Shape:
         checked = tuple(i for i, h in enumerate(held) if h.on_none is not None)
         counts = [select(func.count()).select_from(ctes[i]).scalar_subquery() for i in checked]
         statement = (select(*counts) if counts else select(literal(1))).add_cte(*ctes)
-        shape = _Shape(statement, checked, tuple(names))
+        try:
+            driver: DriverStatement | None = DriverStatement(statement, dialect)
+        except ValueError:  # an expanding parameter
+            driver = None
+        shape = _Shape(statement, checked, tuple(names), driver)
         if len(_SHAPES) >= _SHAPES_KEPT:
             _SHAPES.clear()
         _SHAPES[key] = shape

@@ -39,7 +39,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError
 
 from workflow.adapters import tables as tb
-from workflow.adapters.db import POOL_RECYCLE, writing
+from workflow.adapters.db import POOL_RECYCLE, execute_fixed, writing
 from workflow.domain.effects import COMPLETE_TASKS, SETTLED_BY, SETTLING, Effect
 from workflow.domain.lifecycle import DESTINATION
 from workflow.service_layer.effects import Job
@@ -436,7 +436,7 @@ class SqlJobStore:
         key, params = (job.event_id, job.effect), _params(job, now)
         with self._statements() as conn:
             for _ in range(3):
-                counted = conn.execute(self._sql.start, params).first()
+                counted = execute_fixed(conn, self._sql.start, params).first()
                 if counted is not None:
                     # Only the INSERT gives ("running", 1): an attempt counted on an existing row
                     # is its second at least, or keeps a replay's "pending" (attempts reset to 0).
@@ -446,7 +446,7 @@ class SqlJobStore:
                         self._fresh.discard(key)
                     return counted.status, counted.attempts
                 # The row is finished: a redelivery or a replay of a done (or dead) job.
-                found = conn.execute(self._sql.status, params).first()
+                found = execute_fixed(conn, self._sql.status, params).first()
                 if found is not None and found.status in FINISHED:
                     self._fresh.discard(key)
                     return found.status, found.attempts
@@ -493,8 +493,8 @@ class SqlJobStore:
         finish = {**params, "p_status": "done", "p_error": None}
         if self._db.dialect.name == "postgresql":
             with self._statements() as conn:
-                done = conn.execute(self._sql.task_and_finish[(*key, effect.replaces)], finish).first()
-                if done is None and conn.scalar(self._sql.status, params) != "done":
+                done = execute_fixed(conn, self._sql.task_and_finish[(*key, effect.replaces)], finish).first()
+                if done is None and execute_fixed(conn, self._sql.status, params).scalar() != "done":
                     raise LookupError(f"case {job.case_id} not found for task {effect.subject}")
             return
         with writing(self._db) as conn:
@@ -530,10 +530,10 @@ class SqlJobStore:
         params = _params(job, now, status=status, error=error, channel=delivered)
         if delivered is None:
             with self._statements() as conn:
-                conn.execute(self._sql.finish, params)
+                execute_fixed(conn, self._sql.finish, params)
         elif self._db.dialect.name == "postgresql":
             with self._statements() as conn:
-                conn.execute(self._sql.record_and_finish, params)
+                execute_fixed(conn, self._sql.record_and_finish, params)
         else:
             with writing(self._db) as conn:
                 conn.execute(self._sql.record, params)

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, RowMapping, bindparam, exists, insert, select
 from workflow.adapters import tables as tb
 from workflow.adapters.batch import Batch
 from workflow.adapters.change_writers import WRITERS
+from workflow.adapters.db import execute_fixed
 from workflow.adapters.queries import plausible_id
 from workflow.domain.case import Case
 from workflow.domain.errors import VersionConflict
@@ -73,7 +74,7 @@ class SqlCaseRepository:
             return None
         query = _SELECT_CASE_LOCKED if lock else _SELECT_CASE
         conn = self._conn.connection() if lock else self._conn.reader()  # a lock needs a transaction
-        row = conn.execute(query, {"_id": case_id}).mappings().first()
+        row = execute_fixed(conn, query, {"_id": case_id}).mappings().first()
         if row is None:
             return None
         case = _to_case(row)
