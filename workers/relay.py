@@ -101,11 +101,15 @@ def celery_publisher(app: Celery, spread: int = SPREAD) -> Callable[[Sequence[Ou
 
 
 # The relay holds back while this many messages wait in the workers' queue (two per worker
-# process at the default -c 4: none of them idles), checking again every HOLD_PAUSE seconds.
+# process at the default -c 4: none of them idles), checking again after HOLD_PAUSE seconds,
+# then less often (HOLD_PAUSE_MOST).
 # bench/pipeline.py, tasks workload at 200/s: 4 and 5 ms gave p50 21 ms, 8 and 2 ms 7 ms; both
 # sustained 300/s where the relay without a gate fell behind at 250/s.
 HOLD_AT = 8
 HOLD_PAUSE = 0.002
+# While it holds, the pause doubles up to this: at hold_at messages waiting the workers have
+# more than that much work queued, and each look costs the relay and Redis a round trip.
+HOLD_PAUSE_MOST = 0.008
 PROBE_TIMEOUT = 0.5  # seconds a look at the queue may take
 BLIND_SECONDS = 5.0  # after a failed look, the relay goes on without looking for this long
 
@@ -118,6 +122,7 @@ class QueueProbe:
         self._app = app
         self._queue = app.conf.task_default_queue
         self._conn: Any = None
+        self._client: Any = None
         self._blind_until = 0.0
 
     def waiting(self) -> int | None:
@@ -142,8 +147,13 @@ class QueueProbe:
             if self._conn.transport.driver_type == "redis":
                 # One LLEN on the channel's own pool (kombu's key prefix applies). Our messages
                 # carry no priority: kombu keeps them in the list named after the queue.
-                with channel.conn_or_acquire() as client:
-                    return int(client.llen(self._queue))
+                if self._client is None:
+                    # Kept: kombu makes a client per conn_or_acquire (its pool's connection is
+                    # the same), and at a look every few milliseconds under load that was half
+                    # the relay's CPU (py-spy).
+                    with channel.conn_or_acquire() as client:
+                        self._client = client
+                return int(self._client.llen(self._queue))
             try:
                 return int(channel.queue_declare(queue=self._queue, passive=True).message_count)
             except ChannelError:  # never declared: no worker has ever listened, nothing waits
@@ -155,7 +165,7 @@ class QueueProbe:
             return None
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._client = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.release()
@@ -183,10 +193,11 @@ class QueueGate:
     def wait(self, stop: threading.Event) -> float:
         """Returns once the queue has room (or ``longest`` passed, or ``stop`` is set); how long
         it held the relay back."""
-        started = time.monotonic()
+        started, pause = time.monotonic(), self._pause
         while self.waiting() >= self.hold_at and time.monotonic() - started < self._longest:
-            if stop.wait(self._pause):
+            if stop.wait(pause):
                 break
+            pause = min(2 * pause, max(self._pause, HOLD_PAUSE_MOST))
         return time.monotonic() - started
 
     def close(self) -> None:
@@ -251,7 +262,7 @@ class Waker:
             self.close()
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._client = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()

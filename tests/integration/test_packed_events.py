@@ -234,6 +234,34 @@ def test_a_queue_that_stays_full_holds_events_back_no_longer_than_the_gate_allow
         mine.close()
 
 
+def test_a_gate_holding_back_looks_at_the_queue_less_often_and_over_one_client(
+    redis_server: RedisServer, celery: Celery
+) -> None:
+    """Each look is a round trip for the relay and Redis: while the queue stays full the pause
+    between looks doubles from HOLD_PAUSE to HOLD_PAUSE_MOST, and every look goes over one
+    client. At HOLD_PAUSE throughout, half a second held would be about 250 looks."""
+    broker = redis_server.client()
+    broker.rpush(QUEUE, "waiting", "waiting")
+
+    def looks() -> int:
+        return int(broker.info("commandstats").get("cmdstat_llen", {}).get("calls", 0))
+
+    gate = relay.QueueGate(celery, hold_at=2, longest=0.5)
+    try:
+        before = looks()
+        assert gate.wait(threading.Event()) == pytest.approx(0.5, abs=0.3)
+        made = looks() - before
+        client = gate.probe._client
+        assert client is not None
+        broker.delete(QUEUE)
+        assert gate.wait(threading.Event()) < 0.1
+        assert gate.probe._client is client
+    finally:
+        gate.close()
+    assert 5 <= made <= 0.5 / relay.HOLD_PAUSE_MOST + 20  # at HOLD_PAUSE throughout: 170-250
+    assert gate.probe._client is None
+
+
 def test_a_broker_that_is_away_holds_nothing_back_and_costs_the_relay_no_wait() -> None:
     """The gate cannot see the queue: it lets the relay go on at once (its publish finds the
     broker away and backs off), and does not try again for a while."""
