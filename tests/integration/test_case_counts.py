@@ -6,16 +6,12 @@ the migration."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, func, select
 
-from tests.conftest import POSTGRES_ADMIN_URL
 from tests.support import REGISTRATION, advance_to, register
 from workflow.adapters import tables as tb
 from workflow.adapters.db import make_engine
@@ -97,23 +93,6 @@ def test_concurrent_fires_in_opposite_directions_neither_deadlock_nor_miscount(p
     assert views.cases_by_state() == counted(pg_app.db)
     assert StateCount("travel_booked", "tallinn", 24) in views.cases_by_state()
     assert StateCount("travel_documents_ready", "tallinn", 24) in views.cases_by_state()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of its own, for walking the migrations."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/counts.sqlite3"
-        return
-    request.getfixturevalue("postgres_url")  # skips when PostgreSQL is not there
-    name = f"avrr_test_counts_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_the_migration_counts_the_cases_already_there(empty_url: str) -> None:

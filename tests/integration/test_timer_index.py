@@ -7,12 +7,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, bindparam, inspect, select, text
 from sqlalchemy.dialects import postgresql
 
 from tests.support import register
 from workflow.adapters import tables as tb
 from workflow.adapters.change_writers import _CANCEL_TIMERS
+from workflow.adapters.db import make_engine
+from workflow.adapters.migrate import downgrade, upgrade
 from workflow.adapters.notices import _FACTS
 from workflow.bootstrap import App
 
@@ -85,3 +87,32 @@ def test_a_case_with_a_long_timer_history_is_read_through_its_pending_timers(app
     assert "ix_timers_case_pending" in cancel, cancel
     # A notice's deadline as of its event: the timers its fire started or fired.
     assert "ix_timers_case_created" in facts and "ix_timers_case_fired" in facts, facts
+
+
+def test_a_look_up_by_case_alone_goes_through_the_index_that_leads_with_it(app: App) -> None:
+    """ix_timers_case_id is gone (migration 0015): (case_id, created_at) answers by case alone."""
+    assert "ix_timers_case_id" not in {ix["name"] for ix in inspect(app.db).get_indexes("timers")}
+    case_id = register(app).case_id
+    _history(app.db, register(app).case_id, 3000)
+    for _ in range(40):  # the case is one of many
+        _history(app.db, register(app).case_id, 5)
+    _history(app.db, case_id, 3)
+    by_case = select(tb.timers.c.id).where(tb.timers.c.case_id == bindparam("case_id"))
+    plan = _plan(app.db, by_case, {"case_id": case_id})
+    assert "ix_timers_case_created" in plan, plan
+
+
+def test_the_index_on_case_id_alone_comes_back_with_a_downgrade(empty_url: str) -> None:
+    def names() -> set[str]:
+        db = make_engine(empty_url)
+        try:
+            return {ix["name"] for ix in inspect(db).get_indexes("timers")}
+        finally:
+            db.dispose()
+
+    upgrade(empty_url)
+    assert "ix_timers_case_id" not in names() and "ix_timers_case_created" in names()
+    downgrade(empty_url, "0014")
+    assert "ix_timers_case_id" in names()
+    upgrade(empty_url)
+    assert "ix_timers_case_id" not in names()

@@ -8,16 +8,13 @@ import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, func, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select, update
 
 from tests.api.conftest import api_client, bearer, token_for
-from tests.conftest import POSTGRES_ADMIN_URL
 from tests.support import advance_to
 from workflow.adapters import tables as tb
 from workflow.adapters.db import make_engine
@@ -233,23 +230,6 @@ def test_the_destination_has_nothing_to_do_with_a_case_before_it_is_shared() -> 
 
 
 # -- the migration -------------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of its own, for walking the migrations."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/shared.sqlite3"
-        return
-    request.getfixturevalue("postgres_url")  # skips when PostgreSQL is not there
-    name = f"avrr_test_shared_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_the_migration_shares_the_cases_already_booked_or_received(empty_url: str) -> None:

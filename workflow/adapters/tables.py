@@ -349,7 +349,8 @@ timers = Table(
     "timers",
     metadata,
     Column("id", Id, primary_key=True),
-    Column("case_id", ForeignKey("cases.id"), nullable=False, index=True),
+    # Looked up by ix_timers_case_created, which leads with it (migration 0015).
+    Column("case_id", ForeignKey("cases.id"), nullable=False),
     Column("name", String(48), nullable=False),
     Column("state", String(40), nullable=False),
     Column("due_at", Stamp, nullable=False),
@@ -367,7 +368,7 @@ timers = Table(
     ),
     # A case's pending timers: what a transition cancels and what a notice's dates come from. A
     # case keeps every timer it ever had (each visit or rebooking cancels one and starts one), so
-    # ix_timers_case_id alone reads the whole history (migration 0009).
+    # an index on case_id alone read the whole history (migration 0009).
     Index(
         "ix_timers_case_pending",
         "case_id",
@@ -375,7 +376,8 @@ timers = Table(
         sqlite_where=text("status = 'pending'"),
     ),
     # A notice's deadline as of its event: the timer its transition started, or the one that
-    # fired it (workflow/adapters/notices.py; migration 0011).
+    # fired it (workflow/adapters/notices.py; migration 0011). Every other look-up by case, the
+    # foreign key's included (migration 0015).
     Index("ix_timers_case_created", "case_id", "created_at"),
     Index(
         "ix_timers_case_fired",
