@@ -23,7 +23,8 @@ aiosmtpd sink in this process (AVRR_SMTP_HOST/PORT) and an SMS file sink (AVRR_S
     closed) and rebook_travel (4 jobs: family e-mail and SMS, the destination office's e-mail, two
     tasks) on cases walked to travel_booked beforehand; ``--workload tasks`` fires
     record_monitoring_visit on cases walked to monitoring (1 job: the next visit's task made, the
-    one the last visit asked for marked done in the same statement; nothing sent). One message per
+    one the last visit asked for marked done in the same statement; nothing sent). Each client goes
+    round its own ``--cases`` cases (500), so a case sees a transition every second or two. One message per
     event carries its jobs, which run in turn. Latency is ``jobs.finished_at - outbox.occurred_at``
     for every job of every fired event; ``occurred_at`` is the fire's clock reading taken before the
     transition's writes, so it comes a few ms before the commit (the "fire" column shows how many).
@@ -912,7 +913,14 @@ def main() -> None:
     parser.add_argument("--workload", choices=sorted(WORKLOADS), default="mixed")
     parser.add_argument("--clients", type=int, default=4, help="client processes firing transitions")
     parser.add_argument(
-        "--cases", type=int, default=20, help="travel_booked (or monitoring) cases per client"
+        "--cases",
+        type=int,
+        # 500: with 20 a client (the default until the eleventh session), 40 cases took some 14
+        # transitions a second each at 550/s, and their rows' churn (each version of a case in
+        # its 7 indexes, dead versions pruned over and over) cost PostgreSQL 1.5-1.8 ms of CPU a
+        # job against 1.2-1.4 with 1,000 cases (README.md, Benchmarks). Setting up takes longer.
+        default=500,
+        help="travel_booked (or monitoring) cases per client, walked there before the rates",
     )
     parser.add_argument("--noop-tasks", type=int, default=10_000, help="no-op tasks for the baseline")
     parser.add_argument("--worker-log-level", default="WARNING", help="INFO logs a line per job")
