@@ -262,7 +262,7 @@ class Waker:
             self.close()
 
     def close(self) -> None:
-        conn, self._conn, self._client = self._conn, None, None
+        conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
