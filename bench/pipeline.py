@@ -401,8 +401,8 @@ class Probe:
     def all_finished(self, jobs: dict[str, int]) -> Callable[[], bool]:
         """A condition for ``wait``: every event's ``jobs[event_id]`` jobs finished (done or
         dead). Each look asks about the events still unfinished only: a look at every event of
-        a rate (thousands of index look-ups) every 0.1 s cost PostgreSQL, which the workers
-        were waiting on, a tenth of a core while the backlog drained."""
+        a rate was thousands of index look-ups every 0.1 s while the backlog drained, on the
+        PostgreSQL the workers were waiting on."""
         left = {event_id: n for event_id, n in jobs.items() if n}
         query = text(
             "SELECT event_id, count(*) FROM jobs WHERE event_id = ANY(:ids)"
@@ -917,8 +917,8 @@ def main() -> None:
         type=int,
         # 500: with 20 a client (the default until the eleventh session), 40 cases took some 14
         # transitions a second each at 550/s, and their rows' churn (each version of a case in
-        # its 7 indexes, dead versions pruned over and over) cost PostgreSQL 1.5-1.8 ms of CPU a
-        # job against 1.2-1.4 with 1,000 cases (README.md, Benchmarks). Setting up takes longer.
+        # its 7 indexes, dead versions pruned over and over) cost PostgreSQL 1.5-2.3 ms of CPU a
+        # job against 1.2-1.5 with 1,000 cases (README.md, Benchmarks). Setting up takes longer.
         default=500,
         help="travel_booked (or monitoring) cases per client, walked there before the rates",
     )
