@@ -15,6 +15,25 @@ from workflow.service_layer.effects import Job, runnable_effects
 from workflow.service_layer.transitions import FireResult
 
 
+def case_row(case_id: str, at: datetime, **overrides: Any) -> dict[str, Any]:
+    """A ``cases`` row written directly (tests of migrations, of the driver's SQL): an inquiry
+    from Tallinn to Kyiv, with the columns every schema since 0001 has; ``overrides`` set others."""
+    return {
+        "id": case_id,
+        "state": "inquiry",
+        "version": 1,
+        "lifecycle_version": "2026.1",
+        "origin_office": "tallinn",
+        "destination_office": "kyiv",
+        "owner_office": "tallinn",
+        "language": "uk",
+        "channel": "walk_in",
+        "created_at": at,
+        "updated_at": at,
+        "state_entered_at": at,
+    } | overrides
+
+
 class FixedClock:
     """A clock the test moves by hand."""
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import Engine, func, select
 
-from tests.support import REGISTRATION, advance_to, register
+from tests.support import REGISTRATION, advance_to, case_row, register
 from workflow.adapters import tables as tb
 from workflow.adapters.db import make_engine
 from workflow.adapters.migrate import downgrade, upgrade
@@ -104,22 +104,9 @@ def test_the_migration_counts_the_cases_already_there(empty_url: str) -> None:
         for code in ("tallinn", "kyiv", "riga"):
             conn.execute(tb.offices.insert().values(code=code, name=code, country="EE"))
         for state, owner in cases:
-            conn.execute(
-                tb.cases.insert().values(
-                    id=str(uuid.uuid4()),
-                    state=state,
-                    version=1,
-                    lifecycle_version="2026.1",
-                    origin_office="riga" if owner == "riga" else "tallinn",
-                    destination_office="kyiv",
-                    owner_office=owner,
-                    language="uk",
-                    channel="walk_in",
-                    created_at=now,
-                    updated_at=now,
-                    state_entered_at=now,
-                )
-            )
+            origin = "riga" if owner == "riga" else "tallinn"
+            row = case_row(str(uuid.uuid4()), now, state=state, origin_office=origin, owner_office=owner)
+            conn.execute(tb.cases.insert().values(row))
     upgrade(empty_url)
     expected = [
         StateCount("closed", "kyiv", 1),

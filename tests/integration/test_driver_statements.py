@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import String, TypeDecorator, bindparam, event, exc, insert, literal, select, update
 from sqlalchemy.engine import Dialect
 
+from tests.support import case_row
 from workflow.adapters import tables as tb
 from workflow.adapters.db import DriverStatement, execute_fixed, make_engine
 
@@ -46,22 +47,7 @@ class Shouted(TypeDecorator[str]):
 def _case(conn: Any, case_id: str) -> None:
     conn.execute(insert(tb.offices).values(code="tallinn", name="Tallinn", country="EE"))
     now = datetime(2026, 12, 7, 12, tzinfo=UTC)
-    conn.execute(
-        insert(tb.cases).values(
-            id=case_id,
-            state="inquiry",
-            version=1,
-            lifecycle_version="2026.1",
-            origin_office="tallinn",
-            destination_office="tallinn",
-            owner_office="tallinn",
-            language="en",
-            channel="walk_in",
-            created_at=now,
-            updated_at=now,
-            state_entered_at=now,
-        )
-    )
+    conn.execute(insert(tb.cases).values(case_row(case_id, now, destination_office="tallinn", language="en")))
 
 
 def _history_params(case_id: str, version: int, payload: Any) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from tests.api.conftest import api_client, bearer, token_for
-from tests.support import advance_to
+from tests.support import advance_to, case_row
 from workflow.adapters import tables as tb
 from workflow.adapters.db import make_engine
 from workflow.adapters.migrate import downgrade, upgrade
@@ -254,22 +254,10 @@ def test_the_migration_shares_the_cases_already_booked_or_received(empty_url: st
         for code in ("tallinn", "kyiv"):
             conn.execute(tb.offices.insert().values(code=code, name=code, country="EE"))
         for name, (state, triggers) in cases.items():
-            conn.execute(
-                tb.cases.insert().values(
-                    id=ids[name],
-                    state=state,
-                    version=max(len(triggers), 1),
-                    lifecycle_version="2026.1",
-                    origin_office="tallinn",
-                    destination_office="kyiv",
-                    owner_office="tallinn",
-                    language="uk",
-                    channel="walk_in",
-                    created_at=created,
-                    updated_at=created,
-                    state_entered_at=rebooked,
-                )
+            row = case_row(
+                ids[name], created, state=state, version=max(len(triggers), 1), state_entered_at=rebooked
             )
+            conn.execute(tb.cases.insert().values(row))
             for version, trigger in enumerate(triggers, 1):
                 conn.execute(
                     tb.case_history.insert().values(
