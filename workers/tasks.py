@@ -183,9 +183,28 @@ class Verdict:
     out_of_time: bool = False  # the soft time limit cut the run short
 
 
-def run_event(event: Event, retries: int, max_retries: int) -> Verdict:
+# Brokers whose transport marks a message it puts back (kombu's redis transport, sentinel
+# included, sets delivery_info["redelivered"] on every restore: a lost worker, a requeue).
+MARKS_REDELIVERY = ("redis", "rediss", "sentinel")
+
+
+@cache
+def _marks_redelivery(broker_url: str) -> bool:
+    return broker_url.split("://", 1)[0].split("+", 1)[0] in MARKS_REDELIVERY
+
+
+def first_delivery(task: Task) -> bool:
+    """The message is on its first delivery: not a retry, not put back after a lost worker or a
+    requeue. Only where the broker marks what it puts back; elsewhere no delivery counts as a
+    first one (EffectRunner.run_event: a first delivery counts no attempt before its task)."""
+    request = task.request
+    redelivered = (request.delivery_info or {}).get("redelivered", True)
+    return not request.retries and not redelivered and _marks_redelivery(str(task.app.conf.broker_url))
+
+
+def run_event(event: Event, retries: int, max_retries: int, first: bool = False) -> Verdict:
     """``_run_event``, counted in avrr_events_run_total."""
-    verdict = _run_event(event, retries, max_retries)
+    verdict = _run_event(event, retries, max_retries, first)
     _count(verdict.retry_in is not None, bool(verdict.dead))
     return verdict
 
@@ -194,7 +213,7 @@ def _count(retry: bool, dead: bool) -> None:
     metrics.EVENTS_RUN.labels("retry" if retry else "dead" if dead else "done").inc()
 
 
-def _run_event(event: Event, retries: int, max_retries: int) -> Verdict:
+def _run_event(event: Event, retries: int, max_retries: int, first: bool = False) -> Verdict:
     """Every effect of one event, each its own job. A job with a permanent error is dead-lettered
     at once; transient errors retry the event (its done jobs are skipped), and the jobs still
     failing when the retries are spent are dead-lettered. A time limit ends the run: the job it
@@ -203,7 +222,7 @@ def _run_event(event: Event, retries: int, max_retries: int) -> Verdict:
     job filed by an earlier run (a permanent error, then a retry for another job) is in the
     ``dead`` of the run that finishes the event, after a retry."""
     try:
-        outcome = _runner().run_event(event, stop_on=(SoftTimeLimitExceeded,))
+        outcome = _runner().run_event(event, stop_on=(SoftTimeLimitExceeded,), first_delivery=first)
     except TRANSIENT as exc:  # the runner itself could not start (its store, say)
         delay = backoff(retries)
         log.warning("event.retrying", error=type(exc).__name__, retry_in=round(delay, 2))
@@ -253,7 +272,7 @@ def handle_event(
         if not mine:  # a copy of this message runs it now (EventLocks)
             log.info("event.running_elsewhere")
             return "running elsewhere"
-        verdict = run_event(event, self.request.retries, self.max_retries)
+        verdict = run_event(event, self.request.retries, self.max_retries, first_delivery(self))
     if verdict.retry_in is not None:
         _retry(self, exc=verdict.exc, countdown=verdict.retry_in, max_retries=verdict.max_retries)
     if verdict.dead:
@@ -291,7 +310,9 @@ def handle_events(self: Task, *events: list[str | None]) -> str:
     with _locks().running_alone([event.event_id for event in todo]) as mine:
         if len(mine) < len(todo):  # a copy of this message runs them now (EventLocks)
             log.info("events.running_elsewhere", events=len(todo) - len(mine))
-        retrying, rest, dead = _run_events([e for e in todo if e.event_id in mine], retries, self.max_retries)
+        retrying, rest, dead = _run_events(
+            [e for e in todo if e.event_id in mine], retries, self.max_retries, first_delivery(self)
+        )
     structlog.contextvars.unbind_contextvars("event_id", "case_id")
     dead += _send_on(self, retrying, rest)
     if dead:
@@ -302,7 +323,9 @@ def handle_events(self: Task, *events: list[str | None]) -> str:
 Retrying = list[tuple[Event, float, int | None]]  # (event, countdown, max_retries)
 
 
-def _run_events(todo: list[Event], retries: int, max_retries: int) -> tuple[Retrying, list[Event], list[str]]:
+def _run_events(
+    todo: list[Event], retries: int, max_retries: int, first: bool = False
+) -> tuple[Retrying, list[Event], list[str]]:
     """``handle_events``' turn through its events: those to retry, those not reached (the soft
     time limit ended the message first), and the dead jobs' descriptions."""
     retrying: Retrying = []
@@ -312,7 +335,7 @@ def _run_events(todo: list[Event], retries: int, max_retries: int) -> tuple[Retr
         try:
             structlog.contextvars.bind_contextvars(event_id=event.event_id, case_id=event.case_id)
             try:
-                verdict = run_event(event, retries, max_retries)
+                verdict = run_event(event, retries, max_retries, first)
             except SoftTimeLimitExceeded:
                 raise
             except Exception as exc:  # outside the event's jobs: as handle_event's on_failure

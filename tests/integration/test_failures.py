@@ -247,10 +247,12 @@ def test_a_pool_process_killed_mid_handler_runs_the_job_again_and_its_effect_hap
     processes: list[Popen],
     tmp_path: Path,
 ) -> None:
-    """The test holds an ACCESS EXCLUSIVE lock on ``tasks``: the first task job counts its
-    attempt, then waits inside its transaction for the lock, provably mid-handler. SIGKILL of
-    that pool process: with acks_late and reject_on_worker_lost the worker's main process puts
-    the message straight back on the queue and forks a new pool process, which runs it again.
+    """The test holds an ACCESS EXCLUSIVE lock on ``tasks``: the first task job waits for the
+    lock inside its statement, provably mid-handler. On its message's first delivery that one
+    statement writes the job's row too (create_task_first), so nothing is counted yet. SIGKILL
+    of that pool process: with acks_late and reject_on_worker_lost the worker's main process
+    puts the message straight back on the queue, marked redelivered, and forks a new pool
+    process, which runs it again the ordinary way: its attempt counted, then the task.
 
     Only the pool process is killed. Killing the whole worker (main process included) would
     leave the message unacknowledged in Redis until the visibility timeout (360 s, see
@@ -272,15 +274,21 @@ def test_a_pool_process_killed_mid_handler_runs_the_job_again_and_its_effect_hap
 
         processes.append(start_relay(pg_url, broker.url(), tmp_path / "relay.log"))
         ((first, query),) = wait_for(blocked, 30, "a handler waiting for the lock on tasks").items()
-        # The task and the job's done: one statement, its INSERT in a WITH clause.
-        assert "INSERT INTO TASKS" in query.upper()
-        ((key, attempts),) = [(k, n) for k, (status, n) in jobs(pg_app.db).items() if status == "running"]
-        assert key[1].startswith("create_task:") and attempts == 1
+        # The task, the job's row and its done: one statement, its INSERTs in a WITH clause.
+        assert "INSERT INTO TASKS" in query.upper() and "INSERT INTO JOBS" in query.upper()
+        before = jobs(pg_app.db)
+        assert not [k for k, (status, _) in before.items() if status == "running"]
+        waiting = task_effects(expected) - set(before)
 
         os.kill(pool, signal.SIGKILL)
         (new_pool,) = wait_for(lambda: [p for p in wait_for_pool(worker, 1) if p != pool], 30, "a new pool")
-        # Redelivered at once, counted, and waiting for the same lock again.
-        wait_for(lambda: jobs(pg_app.db)[key] == ("running", 2), 30, "the job's second attempt")
+
+        # Redelivered at once, now counted before its task, and waiting for the same lock again.
+        def running() -> list[tuple[JobKey, int]]:
+            return [(k, n) for k, (status, n) in jobs(pg_app.db).items() if status == "running"]
+
+        ((key, attempts),) = wait_for(running, 30, "the job's attempt counted on its redelivery")
+        assert key in waiting and attempts == 1
 
         # The dead process's statement is ended by the server (workflow/adapters/db.py, the client
         # check), not left to run once the lock goes; the second attempt waits in its place.
@@ -295,7 +303,7 @@ def test_a_pool_process_killed_mid_handler_runs_the_job_again_and_its_effect_hap
     time.sleep(1.0)  # a duplicate delivery would have run by now
     ran = jobs(pg_app.db)
     assert set(ran) == expected
-    assert ran[key] == ("done", 2)
+    assert ran[key] == ("done", 1)  # the killed first delivery counted nothing
     assert {k: v for k, v in ran.items() if k != key} == {k: ("done", 1) for k in expected - {key}}
     tasks = task_keys(pg_app.db)
     assert len(tasks) == len(set(tasks)) == len(task_effects(expected))

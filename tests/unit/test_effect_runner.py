@@ -41,8 +41,11 @@ class Store:
     dead: list[str] = field(default_factory=list)
     closed: int = 0
     closed_kinds: list[str] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)  # the effects whose attempt start() counted
+    first: list[str] = field(default_factory=list)  # the tasks create_task_first wrote
 
     def start(self, job: Job, now: datetime) -> tuple[str, int]:
+        self.started.append(job.effect)
         if self.status in ("done", "dead"):
             return self.status, self.attempts
         self.status, self.attempts = "running", self.attempts + 1
@@ -51,6 +54,14 @@ class Store:
     def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
         self.tasks.append(effect.subject)
         self.status = "done"
+
+    def create_task_first(self, job: Job, effect: Effect, now: datetime) -> bool:
+        if self.status != "new":  # the job's row is there
+            return False
+        self.tasks.append(effect.subject)
+        self.first.append(effect.subject)
+        self.status, self.attempts = "done", 1
+        return True
 
     def close_tasks(self, job: Job, effect: Effect, now: datetime) -> int:
         self.closed_kinds.append(effect.subject)
@@ -194,7 +205,12 @@ def test_a_transient_failure_on_one_channel_retries_that_channel_even_when_anoth
 
 class EveryJobNew(Store):  # the jobs of one event, each starting afresh
     def start(self, job: Job, now: datetime) -> tuple[str, int]:
+        self.started.append(job.effect)
         return "running", 1
+
+    def create_task_first(self, job: Job, effect: Effect, now: datetime) -> bool:
+        self.status = "new"  # this job's row is not there, whatever the others' did
+        return super().create_task_first(job, effect, now)
 
     def delivered(self, job: Job) -> frozenset[str]:
         return frozenset()
@@ -445,3 +461,39 @@ def test_an_event_run_reports_the_jobs_an_earlier_run_filed_in_the_dead_letters(
     outcome = runner(store, {EMAIL: email}).run_event(event)
     assert outcome.dead_before == event.jobs() and outcome.dead == outcome.failures == ()
     assert email.sent == [] and store.dead == []  # not filed a second time
+
+
+def test_a_first_delivery_writes_a_task_job_done_with_its_task_and_counts_no_attempt_before() -> None:
+    """Tallinn books the journey on the message's first delivery: its own task is written with
+    the job's row, done, in one step; the destination's task (served elsewhere) and the notices
+    are started as ever."""
+    store, sms, email = EveryJobNew(), Channel(), Channel()
+    outcome = runner(store, {SMS: sms, EMAIL: email}, HandedOver()).run_event(
+        Event("event-1", "TravelBooked", "case-1"), first_delivery=True
+    )
+    assert outcome.failures == () and store.tasks == store.first == ["pre_arrival_notice"]
+    assert store.started == [
+        "notify_family:travel_booked:origin",
+        "notify_office:pre_arrival_notice:destination",
+        "create_task:airport_reception:destination",  # left to the other deployment: as ever
+    ]
+    assert len(sms.sent) == 1
+
+
+def test_a_first_delivery_of_a_job_already_started_counts_its_attempt_as_ever() -> None:
+    """A copy of the message, or a resend, finds the job's row there: start() counts the attempt
+    and the task is made as on any delivery."""
+    store = Store(status="running", attempts=1)
+    effect = job("MonitoringVisitRecorded", "create_task:monitoring_visit:destination")
+    outcome = runner(store, {}).run_event(
+        Event(effect.event_id, effect.event_type, effect.case_id), first_delivery=True
+    )
+    assert outcome.failures == () and store.first == [] and store.tasks == ["monitoring_visit"]
+    assert store.started == [effect.effect] and store.attempts == 2
+
+
+def test_a_redelivery_starts_every_job_and_never_writes_a_task_in_one_step() -> None:
+    store = Store()
+    effect = job("MonitoringVisitRecorded", "create_task:monitoring_visit:destination")
+    runner(store, {}).run_event(Event(effect.event_id, effect.event_type, effect.case_id))
+    assert store.first == [] and store.started == [effect.effect] and store.tasks == ["monitoring_visit"]

@@ -259,33 +259,34 @@ class _Statements:
         )
         status = {False: literal("open", ts.status.type), True: settled_status}
         closed_at = {False: null(), True: case((first_settler.is_not(None), now), else_=null())}
-        self.task = {
-            (side, checked): insert_(tb.tasks).from_select(
-                [
-                    "id",
-                    "case_id",
-                    "kind",
-                    "status",
-                    "office",
-                    "due_on",
-                    "source_event_id",
-                    "created_at",
-                    "completed_at",
-                ],
-                select(
-                    bindparam("p_task_id", type_=ts.id.type),
-                    cs.id,
-                    bindparam("p_kind", type_=ts.kind.type),
-                    status[checked],
-                    cs.destination_office if side == DESTINATION else cs.origin_office,
-                    bindparam("p_due_on", type_=ts.due_on.type),
-                    bindparam("p_event_id", type_=ts.source_event_id.type),
-                    now,
-                    closed_at[checked],
-                ).where(cs.id == bindparam("p_case_id")),
-            )
+        task_columns = [
+            "id",
+            "case_id",
+            "kind",
+            "status",
+            "office",
+            "due_on",
+            "source_event_id",
+            "created_at",
+            "completed_at",
+        ]
+        task_rows = {
+            (side, checked): select(
+                bindparam("p_task_id", type_=ts.id.type),
+                cs.id,
+                bindparam("p_kind", type_=ts.kind.type),
+                status[checked],
+                cs.destination_office if side == DESTINATION else cs.origin_office,
+                bindparam("p_due_on", type_=ts.due_on.type),
+                bindparam("p_event_id", type_=ts.source_event_id.type),
+                now,
+                closed_at[checked],
+            ).where(cs.id == bindparam("p_case_id"))
             for side in (DESTINATION, "origin")
             for checked in (False, True)
+        }
+        self.task = {
+            key: insert_(tb.tasks).from_select(task_columns, rows) for key, rows in task_rows.items()
         }
         # PostgreSQL: the task and the job's done in one statement (one round trip, atomic).
         # No row back when neither write happened: the case is not there, or another delivery
@@ -306,6 +307,49 @@ class _Statements:
             self.task_and_finish[side, checked, True] = done.add_cte(replaced.cte(f"replaced_{side}"))
         # SQLite: the same, a statement of its own after the insert, in its transaction.
         self.replace_prior = self.settle[COMPLETE_TASKS]
+        # PostgreSQL, a job on its message's first delivery (create_task_first): its row
+        # written done, with its task, in one statement, instead of a start (a row written
+        # running) and then the task with an UPDATE of that row to done. The row is written
+        # only if there is none (a copy of the message, or a lost-message resend, found it
+        # started or finished) and the case is there; the task only if the row was written.
+        # A row back: both happened; none: neither, and the ordinary path takes the job.
+        self.task_first: dict[tuple[str, bool, bool], Any] = {}
+        if postgres:
+            case_there = exists().where(cs.id == bindparam("p_case_id"))
+            job_row = (
+                pg_insert(tb.jobs)
+                .from_select(
+                    [
+                        *("event_id", "effect", "case_id", "event_type", "status", "attempts"),
+                        *("started_at", "finished_at"),
+                    ],
+                    select(
+                        bindparam("p_event_id", type_=j.event_id.type),
+                        bindparam("p_effect", type_=j.effect.type),
+                        bindparam("p_case_id", type_=j.case_id.type),
+                        bindparam("p_event_type", type_=j.event_type.type),
+                        literal("done", j.status.type),
+                        literal(1, j.attempts.type),
+                        now,
+                        now,
+                    ).where(case_there),
+                )
+                .on_conflict_do_nothing(index_elements=[j.event_id, j.effect])
+                .returning(j.attempts)
+                .cte("job_row")
+            )
+            for (side, checked), rows in task_rows.items():
+                made = (
+                    pg_insert(tb.tasks)
+                    .from_select(task_columns, rows.where(exists(job_row.select())))
+                    .on_conflict_do_nothing(index_elements=[ts.source_event_id, ts.kind])
+                    .returning(ts.id)
+                    .cte(f"first_task_{side}")
+                )
+                written = select(job_row.c.attempts).add_cte(made)
+                self.task_first[side, checked, False] = written
+                replaced = self.settle[COMPLETE_TASKS].where(exists(made.select()))
+                self.task_first[side, checked, True] = written.add_cte(replaced.cte(f"first_replaced_{side}"))
 
 
 def _one_of(column: ColumnElement[str], name: str, postgres: bool) -> ColumnElement[bool]:
@@ -474,9 +518,23 @@ class SqlJobStore:
             conn.execute(self._sql.finish, {**_params(job, now), "p_status": "done", "p_error": None})
         return int(closed)
 
-    def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
-        """The task and the job's ``done`` atomically: one statement on PostgreSQL, one
-        transaction of two on SQLite."""
+    def create_task_first(self, job: Job, effect: Effect, now: datetime) -> bool:
+        """PostgreSQL: the job's row, written done, and its task, in one statement (a round
+        trip, a commit and a row version fewer than ``start`` then ``create_task_once``), for a
+        job whose message is on its first delivery. False, having written nothing, when the
+        job's row is there already (started or finished by another copy of the message) or the
+        case is not: the caller starts the job as usual. SQLite: always False."""
+        if not self._sql.task_first:
+            return False
+        key, params = self._task_params(job, effect, now)
+        with self._statements() as conn:
+            written = execute_fixed(conn, self._sql.task_first[(*key, effect.replaces)], params)
+            return written.first() is not None
+
+    def _task_params(
+        self, job: Job, effect: Effect, now: datetime
+    ) -> tuple[tuple[str, bool], dict[str, Any]]:
+        """A task's statement (side, settle-checked) and its parameters."""
         # Due so many days after the event, not after the job ran: a worker that was down for a
         # day, or a dead letter replayed next week, does not move the office's deadline.
         due = None
@@ -486,10 +544,15 @@ class SqlJobStore:
         params = _params(job, now, task_id=str(uuid.uuid4()), kind=effect.subject, due_on=due)
         side = DESTINATION if effect.side == DESTINATION else "origin"
         settlers = SETTLED_BY.get((effect.subject, effect.side), {})
-        key = (side, bool(settlers))
         if settlers:
             params["p_settlers"] = [name for names in settlers.values() for name in names]
             params["p_done"] = list(settlers.get("done", ()))
+        return (side, bool(settlers)), params
+
+    def create_task_once(self, job: Job, effect: Effect, now: datetime) -> None:
+        """The task and the job's ``done`` atomically: one statement on PostgreSQL, one
+        transaction of two on SQLite."""
+        key, params = self._task_params(job, effect, now)
         finish = {**params, "p_status": "done", "p_error": None}
         if self._db.dialect.name == "postgresql":
             with self._statements() as conn:

@@ -144,6 +144,12 @@ class JobStore(Protocol):
         """Writes the task and marks the job done in one transaction."""
         ...
 
+    def create_task_first(self, job: Job, effect: Effect, now: datetime) -> bool:
+        """A job not started yet (its message's first delivery): writes its row, done, with the
+        task, in one transaction. False, having written nothing, when the job's row is there
+        already or the case is not (or the store cannot): the job is then started as usual."""
+        ...
+
     def close_tasks(self, job: Job, effect: Effect, now: datetime) -> int:
         """Settles the open tasks of the effect's kind and side that the case's events before
         this one made (cancelled, or done for COMPLETE_TASKS), and marks the job done, in one
@@ -220,12 +226,20 @@ class EffectRunner:
         finally:
             store.close()
 
-    def run_event(self, event: Event, stop_on: tuple[type[Exception], ...] = ()) -> EventRun:
+    def run_event(
+        self, event: Event, stop_on: tuple[type[Exception], ...] = (), first_delivery: bool = False
+    ) -> EventRun:
         """Every runnable effect of the event, in the effect table's order, each as its own job
         (own row, attempts and outcome; a done job is skipped on a redelivery). A job that
         raises does not hold up the others: its error is returned for the caller to retry or
         dead-letter. An error in ``stop_on`` (a time limit) ends the run: the jobs after it
-        are returned as not run."""
+        are returned as not run.
+
+        ``first_delivery``: the event's message is on its first delivery (not a retry, not put
+        back after a lost worker), so its task jobs are written done with their task in one
+        step (``JobStore.create_task_first``), with no attempt counted before. Should that step
+        kill its worker, the redelivery is not a first one: it counts attempts as ever, so the
+        attempt cap still ends a job that kills its worker every time, one delivery later."""
         jobs = event.jobs()
         store = self._jobs()
         facts: dict[str, Facts] = {}  # by side: one read of the case for all the event's notices
@@ -235,7 +249,7 @@ class EffectRunner:
         try:
             for index, job in enumerate(jobs):
                 try:
-                    if self._run(store, job, facts, dead) == "dead" and job not in dead:
+                    if self._run(store, job, facts, dead, first_delivery) == "dead" and job not in dead:
                         before.append(job)
                 except Exception as exc:
                     failures.append((job, exc))
@@ -246,11 +260,23 @@ class EffectRunner:
         return EventRun(tuple(failures), dead=tuple(dead), dead_before=tuple(before))
 
     def _run(
-        self, store: JobStore, job: Job, facts: dict[str, Facts], capped: list[Job] | None = None
+        self,
+        store: JobStore,
+        job: Job,
+        facts: dict[str, Facts],
+        capped: list[Job] | None = None,
+        first_delivery: bool = False,
     ) -> str:
         effect = effect_named(job.event_type, job.effect)
         if effect is None:
             raise UnknownEffect(job.effect)
+        if (
+            first_delivery
+            and effect.kind == CREATE_TASK
+            and not self._elsewhere(job, effect, facts)
+            and store.create_task_first(job, effect, self._clock.now())
+        ):
+            return self._done(job, 1)
         status, attempts = store.start(job, self._clock.now())
         if status in ("done", "dead"):
             return status  # a redelivery or a replay of a finished job does nothing
@@ -274,16 +300,27 @@ class EffectRunner:
         else:
             last = self._send(store, job, effect, facts)
             store.finish(job, "done", None, self._clock.now(), delivered=last)
+        return self._done(job, attempts)
+
+    def _done(self, job: Job, attempts: int) -> str:
         log.info("job.done", event_id=job.event_id, case_id=job.case_id, effect=job.effect, attempts=attempts)
         self._observer.job_finished(job.effect, "done", self._latency(job))
         return "done"
 
     def _skipped(self, store: JobStore, job: Job, effect: Effect, read: dict[str, Facts]) -> bool:
-        """Done without doing it: another deployment carries this effect out (Facts.elsewhere).
-        Settling tasks is never left elsewhere (where none were made it finds nothing), and the
-        tasks of an event that only opens tasks (TASKS_ONLY) are not checked: their events are
-        fired in the deployment serving the task's office, and a check would cost each job a
-        read of its own (the notices of any other event read the same facts)."""
+        """Done without doing it (``_elsewhere``): the job is marked done."""
+        if not self._elsewhere(job, effect, read):
+            return False
+        store.finish(job, "done", None, self._clock.now())
+        log.info("job.left_elsewhere", event_id=job.event_id, case_id=job.case_id, effect=job.effect)
+        return True
+
+    def _elsewhere(self, job: Job, effect: Effect, read: dict[str, Facts]) -> bool:
+        """Another deployment carries this effect out (Facts.elsewhere). Settling tasks is
+        never left elsewhere (where none were made it finds nothing), and the tasks of an event
+        that only opens tasks (TASKS_ONLY) are not checked: their events are fired in the
+        deployment serving the task's office, and a check would cost each job a read of its own
+        (the notices of any other event read the same facts)."""
         if (
             self._facts is None
             or effect.kind in (CLOSE_TASKS, COMPLETE_TASKS)
@@ -292,11 +329,7 @@ class EffectRunner:
             return False
         if not read:
             read.update(self._facts.facts(job))
-        if not read[effect.side].elsewhere(effect, job.event_type):
-            return False
-        store.finish(job, "done", None, self._clock.now())
-        log.info("job.left_elsewhere", event_id=job.event_id, case_id=job.case_id, effect=job.effect)
-        return True
+        return read[effect.side].elsewhere(effect, job.event_type)
 
     def give_up(self, job: Job, error: str) -> None:
         """The job's retries are spent, or its error is permanent: filed in the dead letters."""
