@@ -503,6 +503,7 @@ def test_a_redirect_to_no_other_office_is_refused_and_changes_nothing(
 
 def test_a_case_no_office_takes_over_is_closed_with_its_reason_and_its_deadline_cancelled(app: App) -> None:
     case_id = advance_to(app, "handover_pending")
+    assert "close_without_handover" in app.views.case(case_id, TLL_APPROVER)["triggers"]
     reason = {"reason": "no office covers the region where the family settled"}
     result = app.transitions.fire(case_id, "close_without_handover", TLL_APPROVER, reason)
     assert result.to_state == "closed"
@@ -527,3 +528,6 @@ def test_a_case_whose_package_is_with_another_deployment_is_not_closed_here(app:
     with pytest.raises(GuardFailed, match="must refuse the handover"):
         app.transitions.fire(case_id, "close_without_handover", TLL_APPROVER, {"reason": "no answer"})
     assert snapshot_tables(app.db) == before
+    # Nor is it offered: the case's triggers leave out what would be refused.
+    offered = app.views.case(case_id, TLL_APPROVER)["triggers"]
+    assert isinstance(offered, list) and "close_without_handover" not in offered

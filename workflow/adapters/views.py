@@ -5,15 +5,17 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select
 
 from workflow.adapters import tables as tb
 from workflow.adapters.db import writing
+from workflow.adapters.inbound import SqlInboundStore
 from workflow.adapters.repository import SqlCaseRepository
 from workflow.adapters.stores import SqlHistoryLog
 from workflow.domain.actors import Actor
+from workflow.domain.case import Case
 from workflow.domain.errors import UnknownCase
-from workflow.domain.machine import can_see, machine_for
+from workflow.domain.machine import PACKAGE_STATES, can_see, machine_for
 from workflow.domain.money import Money
 
 
@@ -84,7 +86,11 @@ class CaseViews:
                     ],
                 },
                 "contributions": self._contributions(conn, case_id),
-                "triggers": list(machine_for(case.lifecycle_version).triggers_for(case, actor))
+                "triggers": list(
+                    machine_for(case.lifecycle_version).triggers_for(
+                        case, actor, self._package_elsewhere(conn, case)
+                    )
+                )
                 if actor
                 else None,
                 "timers": [
@@ -96,6 +102,14 @@ class CaseViews:
                     for r in timers
                 ],
             }
+
+    @staticmethod
+    def _package_elsewhere(conn: Connection, case: Case) -> bool:
+        """The case waits on a handover package the destination's own deployment holds: the
+        triggers that refuses are not offered (``machine.held_by_package_elsewhere``)."""
+        if case.state not in PACKAGE_STATES:
+            return False  # no read for a case in any other state
+        return SqlInboundStore(conn).served_here(case.destination_office) is False
 
     def history(self, case_id: str, actor: Actor | None = None) -> list[dict[str, Any]]:
         with self._db.connect() as conn:

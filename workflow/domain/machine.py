@@ -116,12 +116,14 @@ class LifecycleMachine:
         )
         return Fired(t, source, case.state, events, firing.payload)
 
-    def triggers_for(self, case: Case, actor: Actor) -> tuple[str, ...]:
-        """The triggers this actor could fire now (guards aside)."""
+    def triggers_for(self, case: Case, actor: Actor, package_elsewhere: bool = False) -> tuple[str, ...]:
+        """The triggers this actor could fire now (guards aside); ``package_elsewhere``: the
+        case's handover package is with another deployment (``held_by_package_elsewhere``)."""
         return tuple(
             trigger
             for trigger in self.lifecycle.allowed_triggers(case.state)
             if may_fire(self.lifecycle.by_trigger[trigger], case, actor)
+            and not (package_elsewhere and held_by_package_elsewhere(trigger, case.state))
         )
 
     def _rearm_timers(self, case: Case, t: Transition, source: str, ctx: FireContext) -> None:
@@ -138,6 +140,19 @@ class LifecycleMachine:
                 TimerStarted(Timer(str(uuid.uuid4()), d.name, case.state, due_at, d.fires, ctx.now))
             )
         case.changes.extend(changes)
+
+
+# Refused while the case's handover package is with the destination office's own deployment:
+# its copy there could still accept the package, and the two copies would disagree (that
+# deployment refuses the handover first, which returns the case to arrived).
+_HELD_BY_PACKAGE_ELSEWHERE = frozenset({("close_without_handover", "handover_pending")})
+PACKAGE_STATES = frozenset(state for _, state in _HELD_BY_PACKAGE_ELSEWHERE)  # where it matters
+
+
+def held_by_package_elsewhere(trigger: str, state: str) -> bool:
+    """The trigger is refused in this state while the destination office is served by another
+    deployment (the service checks where it is served; the case's trigger list leaves it out)."""
+    return (trigger, state) in _HELD_BY_PACKAGE_ELSEWHERE
 
 
 def can_see(case: Case, actor: Actor) -> bool:

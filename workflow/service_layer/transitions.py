@@ -22,7 +22,7 @@ from workflow.domain.errors import (
     VersionConflict,
 )
 from workflow.domain.lifecycle import LIFECYCLE, LIFECYCLES
-from workflow.domain.machine import Fired, can_see, machine_for
+from workflow.domain.machine import Fired, can_see, held_by_package_elsewhere, machine_for
 from workflow.domain.payloads import public_view
 from workflow.domain.programme import FireContext, Programme
 from workflow.service_layer.payloads import parse_payload
@@ -45,7 +45,6 @@ OPENING = frozenset(t.trigger for t in LIFECYCLE.transitions if LIFECYCLE.initia
 TRIGGERS = frozenset(t.trigger for lifecycle in LIFECYCLES.values() for t in lifecycle.transitions)
 MAX_ACTOR_ID, MAX_KEY = 120, 200  # the widths of their columns
 REDIRECT = "redirect_handover"
-CLOSE_UNHANDED, HANDOVER_PENDING = "close_without_handover", "handover_pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,11 +247,9 @@ class TransitionService:
             if not uow.cases.office_exists(office):
                 raise InvalidPayload(f"unknown office {office!r}")
         if (
-            request.trigger == CLOSE_UNHANDED
-            and case.state == HANDOVER_PENDING
+            held_by_package_elsewhere(request.trigger, case.state)
             and uow.inbound.served_here(case.destination_office) is False
         ):
-            # Its copy there would go on to accept the package, and the two copies disagree.
             raise GuardFailed(
                 request.trigger,
                 [
