@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, update
 
 from tests.servers import Inbox, Receiver, http_receiver, smtp_server
@@ -674,3 +675,66 @@ def test_a_handover_package_run_after_the_case_was_closed_unhanded_goes_nowhere(
     (package,) = [j for j in jobs_of(app, case_id) if j.event_type == "HandoverSent"]
     assert runner(app, port, sink).run(package) == "done"
     assert mail.received() == []
+
+
+def _events_by_type(app: App, case_id: str) -> dict[str, Event]:
+    o = tb.outbox.c
+    with app.db.connect() as conn:
+        rows = conn.execute(select(o.event_id, o.event_type, o.occurred_at).where(o.case_id == case_id))
+        return {r.event_type: Event(r.event_id, r.event_type, case_id, r.occurred_at) for r in rows}
+
+
+@pytest.mark.parametrize("task_first", [True, False], ids=["task-first", "settled-first"])
+def test_documents_obtained_on_a_first_delivery_do_the_documents_task_once_whichever_runs_first(
+    app: App, inbox: tuple[int, Inbox], sink: Path, task_first: bool
+) -> None:
+    """Both events' messages on their first delivery (workers/tasks.py, first_delivery): the
+    approval's task and the documents' settling are each written with their job's row, done,
+    in one statement on PostgreSQL (create_task_first, settle_first); the task ends done
+    whichever runs first (made late, it is made done), and copies of both change nothing."""
+    port, _ = inbox
+    set_offices(app)
+    case_id = advance_to(app, "travel_documents_ready")
+    events = _events_by_type(app, case_id)
+    approved, obtained = events["ReturnApproved"], events["TravelDocumentsObtained"]
+    task = "create_task:request_travel_documents:origin"
+    settle = "complete_tasks:request_travel_documents:origin"
+    run = runner(app, port, sink)
+    sent: list[str] = []  # the statements of the documents' event (its settling job alone)
+
+    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    def settle_counted() -> None:
+        sa_event.listen(app.db, "before_cursor_execute", count)
+        try:
+            assert run.run_event(obtained, first_delivery=True).failures == ()
+        finally:
+            sa_event.remove(app.db, "before_cursor_execute", count)
+
+    if not task_first:
+        settle_counted()
+    assert run.run_event(approved, first_delivery=True).failures == ()
+    if task_first:
+        settle_counted()
+
+    assert _tasks(app, case_id) == [("request_travel_documents", "done")]
+    j = tb.jobs.c
+    with app.db.connect() as conn:
+        rows = conn.execute(
+            select(j.effect, j.status, j.attempts, j.started_at == j.finished_at).where(
+                j.effect.in_([task, settle])
+            )
+        ).all()
+    found = {effect: tuple(rest) for effect, *rest in rows}
+    if app.db.dialect.name == "postgresql":  # never written running: one statement each
+        assert found == {task: ("done", 1, True), settle: ("done", 1, True)}
+        assert len(sent) == 1 and "UPDATE tasks" in sent[0] and "INSERT INTO jobs" in sent[0]
+    else:  # the ordinary path: start, then the work
+        assert {effect: row[:2] for effect, row in found.items()} == {task: ("done", 1), settle: ("done", 1)}
+
+    for event in (approved, obtained):  # copies, on their first delivery too
+        assert run.run_event(event, first_delivery=True).failures == ()
+    assert _tasks(app, case_id) == [("request_travel_documents", "done")]
+    with app.db.connect() as conn:
+        assert set(conn.scalars(select(j.attempts).where(j.effect.in_([task, settle])))) == {1}

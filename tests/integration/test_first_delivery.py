@@ -1,7 +1,7 @@
-"""A task job on its message's first delivery (``SqlJobStore.create_task_first``): on PostgreSQL
-its row is written done with its task in one statement, and nothing is written when the row is
-there already or the case is not; SQLite takes the ordinary path. The outcome is the one the
-ordinary path (start, then the task) leaves."""
+"""A task or settling job on its message's first delivery (``SqlJobStore.create_task_first``,
+``settle_first``): on PostgreSQL its row is written done with its work in one statement, and
+nothing is written when the row is there already (or, for a task, the case is not); SQLite takes
+the ordinary path. The outcome is the one the ordinary path (start, then the work) leaves."""
 
 from __future__ import annotations
 

@@ -63,6 +63,14 @@ class Store:
         self.status, self.attempts = "done", 1
         return True
 
+    def settle_first(self, job: Job, effect: Effect, now: datetime) -> int | None:
+        if self.status != "new":  # the job's row is there
+            return None
+        self.closed_kinds.append(effect.subject)
+        self.first.append(effect.subject)
+        self.status, self.attempts = "done", 1
+        return 1
+
     def close_tasks(self, job: Job, effect: Effect, now: datetime) -> int:
         self.closed_kinds.append(effect.subject)
         self.status = "done"
@@ -211,6 +219,10 @@ class EveryJobNew(Store):  # the jobs of one event, each starting afresh
     def create_task_first(self, job: Job, effect: Effect, now: datetime) -> bool:
         self.status = "new"  # this job's row is not there, whatever the others' did
         return super().create_task_first(job, effect, now)
+
+    def settle_first(self, job: Job, effect: Effect, now: datetime) -> int | None:
+        self.status = "new"
+        return super().settle_first(job, effect, now)
 
     def delivered(self, job: Job) -> frozenset[str]:
         return frozenset()
@@ -490,6 +502,18 @@ def test_a_first_delivery_of_a_job_already_started_counts_its_attempt_as_ever() 
     )
     assert outcome.failures == () and store.first == [] and store.tasks == ["monitoring_visit"]
     assert store.started == [effect.effect] and store.attempts == 2
+
+
+def test_a_first_delivery_settles_tasks_in_one_step_and_starts_the_notices_as_ever() -> None:
+    """A no-show on its first delivery: both offices' notices are started, and the journey's
+    two preparations are cancelled with their jobs' rows, with no start before."""
+    store, email = EveryJobNew(), Channel()
+    outcome = runner(store, {EMAIL: email}).run_event(
+        Event("event-1", "NoShowRecorded", "case-1"), first_delivery=True
+    )
+    assert outcome.failures == ()
+    assert store.first == store.closed_kinds == ["pre_arrival_notice", "airport_reception"]
+    assert store.started == ["notify_office:no_show:origin", "notify_office:reception_off:destination"]
 
 
 def test_a_redelivery_starts_every_job_and_never_writes_a_task_in_one_step() -> None:

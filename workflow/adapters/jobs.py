@@ -27,6 +27,7 @@ from sqlalchemy import (
     bindparam,
     case,
     exists,
+    func,
     insert,
     literal,
     null,
@@ -314,39 +315,46 @@ class _Statements:
         # started or finished) and the case is there; the task only if the row was written.
         # A row back: both happened; none: neither, and the ordinary path takes the job.
         self.task_first: dict[tuple[str, bool, bool], Any] = {}
+        # The same for a settling job (settle_first): its row written done with its UPDATE of
+        # the tasks it settles; a row back (how many it settled) when both happened.
+        self.settle_first: dict[str, Any] = {}
         if postgres:
-            case_there = exists().where(cs.id == bindparam("p_case_id"))
-            job_row = (
-                pg_insert(tb.jobs)
-                .from_select(
-                    [
-                        *("event_id", "effect", "case_id", "event_type", "status", "attempts"),
-                        *("started_at", "finished_at"),
-                    ],
-                    select(
-                        bindparam("p_event_id", type_=j.event_id.type),
-                        bindparam("p_effect", type_=j.effect.type),
-                        bindparam("p_case_id", type_=j.case_id.type),
-                        bindparam("p_event_type", type_=j.event_type.type),
-                        literal("done", j.status.type),
-                        literal(1, j.attempts.type),
-                        now,
-                        now,
-                    ).where(case_there),
+
+            def job_row(name: str, *where: ColumnElement[bool]) -> Any:
+                row = select(
+                    bindparam("p_event_id", type_=j.event_id.type),
+                    bindparam("p_effect", type_=j.effect.type),
+                    bindparam("p_case_id", type_=j.case_id.type),
+                    bindparam("p_event_type", type_=j.event_type.type),
+                    literal("done", j.status.type),
+                    literal(1, j.attempts.type),
+                    now,
+                    now,
+                ).where(*where)
+                columns = ["event_id", "effect", "case_id", "event_type", "status", "attempts"]
+                return (
+                    pg_insert(tb.jobs)
+                    .from_select([*columns, "started_at", "finished_at"], row)
+                    .on_conflict_do_nothing(index_elements=[j.event_id, j.effect])
+                    .returning(j.attempts)
+                    .cte(name)
                 )
-                .on_conflict_do_nothing(index_elements=[j.event_id, j.effect])
-                .returning(j.attempts)
-                .cte("job_row")
-            )
+
+            for kind, settle in self.settle.items():
+                settling_row = job_row(f"settling_{kind}")
+                settled = settle.where(exists(settling_row.select())).returning(ts.id).cte(f"settled_{kind}")
+                count = select(func.count()).select_from(settled).scalar_subquery()
+                self.settle_first[kind] = select(count).select_from(settling_row)
+            task_row = job_row("job_row", exists().where(cs.id == bindparam("p_case_id")))
             for (side, checked), rows in task_rows.items():
                 made = (
                     pg_insert(tb.tasks)
-                    .from_select(task_columns, rows.where(exists(job_row.select())))
+                    .from_select(task_columns, rows.where(exists(task_row.select())))
                     .on_conflict_do_nothing(index_elements=[ts.source_event_id, ts.kind])
                     .returning(ts.id)
                     .cte(f"first_task_{side}")
                 )
-                written = select(job_row.c.attempts).add_cte(made)
+                written = select(task_row.c.attempts).add_cte(made)
                 self.task_first[side, checked, False] = written
                 replaced = self.settle[COMPLETE_TASKS].where(exists(made.select()))
                 self.task_first[side, checked, True] = written.add_cte(replaced.cte(f"first_replaced_{side}"))
@@ -504,19 +512,33 @@ class SqlJobStore:
         holds them (one the case was redirected from too), are settled with the job's done, in
         one transaction: cancelled by a CLOSE_TASKS effect, done by a COMPLETE_TASKS one (the
         event is the work they asked for). Running it again settles nothing more."""
-        settlers = SETTLED_BY.get((effect.subject, effect.side), {})
-        params = {
-            "p_case_id": job.case_id,
-            "p_kind": effect.subject,
-            "p_event_id": job.event_id,
-            "p_settlers": [name for names in settlers.values() for name in names],
-            "p_now": now,
-        }
+        params = {**self._settle_params(job, effect), "p_now": now}
         settle = self._sql.settle[effect.kind]
         with writing(self._db) as conn:
             closed = conn.execute(settle, params, execution_options={"preserve_rowcount": True}).rowcount
             conn.execute(self._sql.finish, {**_params(job, now), "p_status": "done", "p_error": None})
         return int(closed)
+
+    def settle_first(self, job: Job, effect: Effect, now: datetime) -> int | None:
+        """PostgreSQL: ``close_tasks`` for a job whose message is on its first delivery, with
+        the job's row written done in the same statement (no ``start`` before). None, having
+        written nothing, when the job's row is there already; SQLite: always None."""
+        if not self._sql.settle_first:
+            return None
+        params = {**self._settle_params(job, effect), **_params(job, now)}
+        with self._statements() as conn:
+            settled = execute_fixed(conn, self._sql.settle_first[effect.kind], params).first()
+        return None if settled is None else int(settled[0])
+
+    @staticmethod
+    def _settle_params(job: Job, effect: Effect) -> dict[str, Any]:
+        settlers = SETTLED_BY.get((effect.subject, effect.side), {})
+        return {
+            "p_case_id": job.case_id,
+            "p_kind": effect.subject,
+            "p_event_id": job.event_id,
+            "p_settlers": [name for names in settlers.values() for name in names],
+        }
 
     def create_task_first(self, job: Job, effect: Effect, now: datetime) -> bool:
         """PostgreSQL: the job's row, written done, and its task, in one statement (a round

@@ -144,6 +144,12 @@ class JobStore(Protocol):
         """Writes the task and marks the job done in one transaction."""
         ...
 
+    def settle_first(self, job: Job, effect: Effect, now: datetime) -> int | None:
+        """``close_tasks`` for a job not started yet (its message's first delivery), its row
+        written done in the same transaction; how many it settled. None, having written
+        nothing, when the job's row is there already (or the store cannot)."""
+        ...
+
     def create_task_first(self, job: Job, effect: Effect, now: datetime) -> bool:
         """A job not started yet (its message's first delivery): writes its row, done, with the
         task, in one transaction. False, having written nothing, when the job's row is there
@@ -236,8 +242,9 @@ class EffectRunner:
         are returned as not run.
 
         ``first_delivery``: the event's message is on its first delivery (not a retry, not put
-        back after a lost worker), so its task jobs are written done with their task in one
-        step (``JobStore.create_task_first``), with no attempt counted before. Should that step
+        back after a lost worker), so its task and settling jobs are written done with their
+        work in one step (``JobStore.create_task_first``, ``settle_first``), with no attempt
+        counted before. Should that step
         kill its worker, the redelivery is not a first one: it counts attempts as ever, so the
         attempt cap still ends a job that kills its worker every time, one delivery later."""
         jobs = event.jobs()
@@ -270,12 +277,7 @@ class EffectRunner:
         effect = effect_named(job.event_type, job.effect)
         if effect is None:
             raise UnknownEffect(job.effect)
-        if (
-            first_delivery
-            and effect.kind == CREATE_TASK
-            and not self._elsewhere(job, effect, facts)
-            and store.create_task_first(job, effect, self._clock.now())
-        ):
+        if first_delivery and self._first(store, job, effect, facts):
             return self._done(job, 1)
         status, attempts = store.start(job, self._clock.now())
         if status in ("done", "dead"):
@@ -293,14 +295,29 @@ class EffectRunner:
         elif effect.kind == CREATE_TASK:
             store.create_task_once(job, effect, self._clock.now())
         elif effect.kind in (CLOSE_TASKS, COMPLETE_TASKS):
-            settled = store.close_tasks(job, effect, self._clock.now())
-            log.info(
-                "tasks.settled", case_id=job.case_id, kind=effect.subject, effect=effect.kind, count=settled
-            )
+            self._settled(job, effect, store.close_tasks(job, effect, self._clock.now()))
         else:
             last = self._send(store, job, effect, facts)
             store.finish(job, "done", None, self._clock.now(), delivered=last)
         return self._done(job, attempts)
+
+    def _first(self, store: JobStore, job: Job, effect: Effect, facts: dict[str, Facts]) -> bool:
+        """A task or settling job on its message's first delivery, done in one step with its
+        row (``run_event``); False when the ordinary path is to take it."""
+        if effect.kind in (CLOSE_TASKS, COMPLETE_TASKS):
+            settled = store.settle_first(job, effect, self._clock.now())
+            if settled is None:
+                return False
+            self._settled(job, effect, settled)
+            return True
+        return (
+            effect.kind == CREATE_TASK
+            and not self._elsewhere(job, effect, facts)
+            and store.create_task_first(job, effect, self._clock.now())
+        )
+
+    def _settled(self, job: Job, effect: Effect, count: int) -> None:
+        log.info("tasks.settled", case_id=job.case_id, kind=effect.subject, effect=effect.kind, count=count)
 
     def _done(self, job: Job, attempts: int) -> str:
         log.info("job.done", event_id=job.event_id, case_id=job.case_id, effect=job.effect, attempts=attempts)
