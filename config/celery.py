@@ -8,7 +8,8 @@ from typing import Any
 
 TASK_SOFT_TIME_LIMIT = 60
 TASK_TIME_LIMIT = 90
-# A job that killed its worker this many times is dead-lettered instead of redelivered again.
+# A job that killed its worker this many times is dead-lettered instead of redelivered again
+# (a task or settling job's first delivery is not counted: one delivery more, README.md, Workers, 5).
 MAX_ATTEMPTS = 5
 # A retry waits at most this long; it rides in Redis as an ETA message, so it must stay well
 # under the visibility timeout below, or Redis would hand it to a second worker as well.

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 
 from workflow.adapters import tables as tb
 from workflow.bootstrap import App
@@ -111,3 +112,18 @@ def job_states(app: App, event_id: str) -> dict[str, tuple[str, int]]:
     with app.db.connect() as conn:
         rows = conn.execute(select(j.effect, j.status, j.attempts).where(j.event_id == event_id))
         return {effect: (status, attempts) for effect, status, attempts in rows}
+
+
+@contextmanager
+def statements_sent(engine: Engine) -> Iterator[list[str]]:
+    """The SQL the engine sends to its driver while the block runs, in order."""
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        sent.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -87,7 +87,8 @@ def _killed_by_hard_limit(exc: Exception) -> bool:
     """Celery calls ``on_failure`` in the worker's main process when the hard time limit kills
     a task: nothing is filed from there (no database work in the process that forks the pool).
     The message goes back to the queue (task_acks_on_timeout off), its done jobs are skipped and
-    the job that hung counts an attempt; the attempt cap files one that hangs every time."""
+    the job that hung counts an attempt (from its redelivery on, for a task or settling job whose
+    first delivery hung: EffectRunner.run_event); the attempt cap files one that hangs every time."""
     if not isinstance(exc, TimeLimitExceeded):
         return False
     log.error("task.hard_time_limit", requeued=True)

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event as sa_event
 from sqlalchemy import select, update
 
 from tests.servers import Inbox, Receiver, http_receiver, smtp_server
-from tests.support import FixedClock, advance_to, job_states
+from tests.support import FixedClock, advance_to, job_states, statements_sent
 from workflow.adapters import tables as tb
 from workflow.adapters.channels.sms import FileSinkSms
 from workflow.adapters.channels.smtp import SmtpChannel
@@ -702,15 +701,10 @@ def test_documents_obtained_on_a_first_delivery_do_the_documents_task_once_which
     run = runner(app, port, sink)
     sent: list[str] = []  # the statements of the documents' event (its settling job alone)
 
-    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        sent.append(statement)
-
     def settle_counted() -> None:
-        sa_event.listen(app.db, "before_cursor_execute", count)
-        try:
+        with statements_sent(app.db) as statements:
             assert run.run_event(obtained, first_delivery=True).failures == ()
-        finally:
-            sa_event.remove(app.db, "before_cursor_execute", count)
+        sent.extend(statements)
 
     if not task_first:
         settle_counted()

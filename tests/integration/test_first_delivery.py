@@ -6,14 +6,12 @@ the ordinary path. The outcome is the one the ordinary path (start, then the wor
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select, update
 
-from tests.support import FixedClock, advance_to
+from tests.support import FixedClock, advance_to, statements_sent
 from workflow.adapters import tables as tb
 from workflow.adapters.jobs import SqlJobStore
 from workflow.bootstrap import App
@@ -71,20 +69,6 @@ def _visits(app: App, case_id: str) -> dict[str, str]:
     return {source: status for source, status in rows}
 
 
-@contextmanager
-def _statements(app: App) -> Iterator[list[str]]:
-    sent: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        sent.append(statement)
-
-    event.listen(app.db, "before_cursor_execute", count)
-    try:
-        yield sent
-    finally:
-        event.remove(app.db, "before_cursor_execute", count)
-
-
 def test_a_visit_on_its_first_delivery_is_done_with_its_task_in_one_statement(
     app: App, clock: FixedClock
 ) -> None:
@@ -93,7 +77,7 @@ def test_a_visit_on_its_first_delivery_is_done_with_its_task_in_one_statement(
     visit = _visit(app, case_id)
     run = _runner(app, clock)
 
-    with _statements(app) as sent:
+    with statements_sent(app.db) as sent:
         outcome = run.run_event(visit, first_delivery=True)
 
     assert outcome.failures == ()
@@ -171,3 +155,53 @@ def test_a_visit_run_late_on_its_first_delivery_is_made_done_and_leaves_the_next
     assert _visits(app, case_id) == {tranche: "done", first.event_id: "done", second.event_id: "open"}
     for visit in (first, second):
         assert _job_row(app, visit.event_id)[:2] == ("done", 1)  # type: ignore[index]
+
+
+DOCUMENTS_DONE = "complete_tasks:request_travel_documents:origin"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("found", ["running", "pending"])
+def test_a_first_delivery_of_a_settling_job_whose_row_is_there_writes_nothing(
+    pg_app: App, clock: FixedClock, found: str
+) -> None:
+    """The documents' settling job started by another copy (running) or reopened by a replay
+    (pending): the one-step settling writes nothing and settles nothing, and the run then
+    settles the task the ordinary way, counting its attempt."""
+    case_id = advance_to(pg_app, "travel_documents_ready")
+    o, t, j = tb.outbox.c, tb.tasks.c, tb.jobs.c
+    with pg_app.db.connect() as conn:
+        events = dict(conn.execute(select(o.event_type, o.event_id).where(o.case_id == case_id)).all())
+    approved, obtained = events["ReturnApproved"], events["TravelDocumentsObtained"]
+    run = _runner(pg_app, clock)
+    task_job = Job(approved, "ReturnApproved", case_id, "create_task:request_travel_documents:origin")
+    assert run.run(task_job) == "done"
+    with pg_app.db.begin() as conn:  # made late, it was made done; as if made before the documents
+        opened = update(tb.tasks).where(t.case_id == case_id).values(status="open", completed_at=None)
+        assert conn.execute(opened).rowcount == 1
+    settling = Job(obtained, "TravelDocumentsObtained", case_id, DOCUMENTS_DONE)
+    store = SqlJobStore(pg_app.db)
+    store.start(settling, clock.now())
+    if found == "pending":  # as a replay leaves it
+        with pg_app.db.begin() as conn:
+            conn.execute(update(tb.jobs).where(j.event_id == obtained).values(status="pending", attempts=0))
+    effect = effect_named(settling.event_type, DOCUMENTS_DONE)
+    assert effect is not None
+
+    def documents_task() -> str | None:
+        with pg_app.db.connect() as conn:
+            documents = select(t.status).where(t.case_id == case_id, t.kind == "request_travel_documents")
+            return conn.scalar(documents)
+
+    def settling_row() -> tuple[Any, ...]:
+        with pg_app.db.connect() as conn:
+            return tuple(conn.execute(select(j.status, j.attempts).where(j.event_id == obtained)).one())
+
+    before = settling_row()
+    assert store.settle_first(settling, effect, clock.now()) is None
+    assert documents_task() == "open" and settling_row() == before
+
+    event = Event(obtained, settling.event_type, case_id)
+    assert run.run_event(event, first_delivery=True).failures == ()
+    assert documents_task() == "done"
+    assert settling_row() == ("done", before[1] + 1)

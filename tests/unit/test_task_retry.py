@@ -11,7 +11,7 @@ import structlog
 from celery import Celery, Task, signals
 from celery.exceptions import Reject, Retry
 
-from workers.tasks import _retry
+from workers.tasks import _retry, first_delivery
 
 
 def _task(broker: str, max_retries: int = 3) -> Task:
@@ -61,3 +61,40 @@ def test_each_task_logs_with_its_own_ids_not_the_last_tasks() -> None:
         assert structlog.contextvars.get_contextvars() == {"request_id": "task-2"}
     finally:
         structlog.contextvars.clear_contextvars()
+
+
+@pytest.mark.parametrize(
+    ("broker", "retries", "delivery_info", "first"),
+    [
+        ("redis://127.0.0.1:6379/0", 0, {"redelivered": False}, True),
+        ("rediss://cache.example.org:6380/0", 0, {"redelivered": False}, True),
+        ("sentinel://127.0.0.1:26379", 0, {"redelivered": False}, True),
+        ("redis+socket:///run/redis.sock", 0, {"redelivered": False}, True),
+        ("redis://127.0.0.1:6379/0", 0, {"redelivered": True}, False),  # put back after a lost worker
+        ("redis://127.0.0.1:6379/0", 1, {"redelivered": False}, False),  # a retry
+        ("redis://127.0.0.1:6379/0", 0, {}, False),  # not said: not taken as a first delivery
+        ("redis://127.0.0.1:6379/0", 0, None, False),
+        ("filesystem://", 0, {"redelivered": False}, False),  # brokers that do not mark what they put back
+        ("sqla+sqlite:///var/avrr.db", 0, {"redelivered": False}, False),
+        ("amqp://guest@127.0.0.1//", 0, {"redelivered": False}, False),
+        ("memory://", 0, {"redelivered": False}, False),
+    ],
+)
+def test_a_first_delivery_is_one_the_broker_would_have_marked_had_it_put_it_back(
+    broker: str, retries: int, delivery_info: dict[str, bool] | None, first: bool
+) -> None:
+    """The one-step task and settling jobs (EffectRunner.run_event) rely on the broker marking
+    every message it puts back: only Redis's transport (kombu) does, so elsewhere nothing is a
+    first delivery."""
+    app = Celery("avrr-first-delivery-test", broker=broker)
+
+    @app.task(bind=True)
+    def handle(self: Task) -> bool:
+        return first_delivery(self)
+
+    task: Task = handle  # type: ignore[assignment]
+    task.push_request(id="task-1", retries=retries, called_directly=False, delivery_info=delivery_info)
+    try:
+        assert task.run() is first
+    finally:
+        task.pop_request()
