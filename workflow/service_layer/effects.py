@@ -244,9 +244,9 @@ class EffectRunner:
         ``first_delivery``: the event's message is on its first delivery (not a retry, not put
         back after a lost worker), so its task and settling jobs are written done with their
         work in one step (``JobStore.create_task_first``, ``settle_first``), with no attempt
-        counted before. Should that step
-        kill its worker, the redelivery is not a first one: it counts attempts as ever, so the
-        attempt cap still ends a job that kills its worker every time, one delivery later."""
+        counted before. Should that step kill its worker, the redelivery is not a first one: it
+        counts attempts as ever, so the attempt cap still ends a job that kills its worker every
+        time, one delivery later."""
         jobs = event.jobs()
         store = self._jobs()
         facts: dict[str, Facts] = {}  # by side: one read of the case for all the event's notices
