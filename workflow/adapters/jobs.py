@@ -51,6 +51,7 @@ OPEN_TASK = tb.OPEN_TASK  # a literal: the partial index of open tasks
 
 
 FINISHED = ("done", "dead")
+JOB_IDS = ("event_id", "effect", "case_id", "event_type")  # what a job's row is written with
 
 
 def _key(job: Job) -> ColumnElement[bool]:
@@ -185,15 +186,9 @@ class _Statements:
     def __init__(self, insert_: Callable[..., Any], postgres: bool) -> None:
         key = and_(j.event_id == bindparam("p_event_id"), j.effect == bindparam("p_effect"))
         now = bindparam("p_now", type_=j.started_at.type)
-        upsert = insert_(tb.jobs).values(
-            event_id=bindparam("p_event_id"),
-            effect=bindparam("p_effect"),
-            case_id=bindparam("p_case_id"),
-            event_type=bindparam("p_event_type"),
-            status="running",
-            attempts=1,
-            started_at=now,
-        )
+        # A job's identity, as every statement that writes its row binds it.
+        ids = {name: bindparam(f"p_{name}", type_=j[name].type) for name in JOB_IDS}
+        upsert = insert_(tb.jobs).values(**ids, status="running", attempts=1, started_at=now)
         # Counts an attempt of an unfinished job; a done or dead job is left alone (no row back).
         self.start = upsert.on_conflict_do_update(
             index_elements=[j.event_id, j.effect],
@@ -302,8 +297,8 @@ class _Statements:
             done = self.finish.where(exists(made.select())).returning(j.attempts)
             self.task_and_finish[side, checked, False] = done
             # A task that replaces the open ones of its kind (Effect.replaces) marks those this
-            # event settles done, in the same statement (only on a first delivery: a repeat makes
-            # no task, and the job is done already).
+            # event settles done, in the same statement (only in the run that makes the task: a
+            # repeat makes none, and the job is done already).
             replaced = self.settle[COMPLETE_TASKS].where(exists(made.select()))
             self.task_and_finish[side, checked, True] = done.add_cte(replaced.cte(f"replaced_{side}"))
         # SQLite: the same, a statement of its own after the insert, in its transaction.
@@ -321,20 +316,11 @@ class _Statements:
         if postgres:
 
             def job_row(name: str, *where: ColumnElement[bool]) -> Any:
-                row = select(
-                    bindparam("p_event_id", type_=j.event_id.type),
-                    bindparam("p_effect", type_=j.effect.type),
-                    bindparam("p_case_id", type_=j.case_id.type),
-                    bindparam("p_event_type", type_=j.event_type.type),
-                    literal("done", j.status.type),
-                    literal(1, j.attempts.type),
-                    now,
-                    now,
-                ).where(*where)
-                columns = ["event_id", "effect", "case_id", "event_type", "status", "attempts"]
+                done = (literal("done", j.status.type), literal(1, j.attempts.type), now, now)
+                row = select(*ids.values(), *done).where(*where)
                 return (
                     pg_insert(tb.jobs)
-                    .from_select([*columns, "started_at", "finished_at"], row)
+                    .from_select([*JOB_IDS, "status", "attempts", "started_at", "finished_at"], row)
                     .on_conflict_do_nothing(index_elements=[j.event_id, j.effect])
                     .returning(j.attempts)
                     .cte(name)
